@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Kubermesh developer entry point. Run as root on Debian 12.
+#   ./dev.sh build   install what the host needs, then build (for now: the lab demo)
+#   ./dev.sh test    install what the host needs, then run the whole test suite
+#   ./dev.sh setup   only install what the host needs (+ the .venv)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+HOST_PACKAGES=(frr iproute2 iputils-ping python3 python3-venv util-linux procps)
+VENV=.venv
+
+say() { printf '‣ %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "dev.sh: this needs root (network namespaces, FRR, image builds): run it with sudo" >&2
+    exit 1
+  fi
+}
+
+host_packages() {
+  local missing=()
+  for p in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "Installing host packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # The host's own FRR service is not used: the lab runs FRR inside namespaces.
+  mkdir -p /run/frr && chown frr:frr /run/frr
+}
+
+venv() {
+  # Debian's Python, the same the image ships; pinned dependencies.
+  local stamp="$VENV/.stamp"
+  local want
+  want=$(cat requirements.lock requirements-dev.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "Creating $VENV with the pinned dependencies"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock 2> >(grep -v "^WARNING: Location" >&2)
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+    echo "$want" > "$stamp"
+  fi
+}
+
+setup() { need_root; host_packages; venv; }
+
+case "${1:-}" in
+  setup) setup ;;
+  build)
+    setup
+    # Until the image build lands, the main job is the lab demo: a 16-node grid
+    # running real FRR, converged, shown, and removed.
+    trap '"$VENV/bin/kubermesh" lab down --lab demo >/dev/null 2>&1 || true' EXIT
+    "$VENV/bin/kubermesh" lab up --lab demo --topology grid:4x4
+    "$VENV/bin/kubermesh" lab status --lab demo
+    ;;
+  test)
+    setup
+    shift
+    exec "$VENV/bin/pytest" "$@"
+    ;;
+  *)
+    sed -n '2,6p' "$0" >&2
+    exit 2
+    ;;
+esac

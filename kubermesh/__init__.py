@@ -1,0 +1,1 @@
+"""Kubermesh: Kubernetes on a mesh of ordinary PCs."""

@@ -1,0 +1,3 @@
+from kubermesh.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The `kubermesh` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from dataclasses import asdict
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from kubermesh.ui import Failure, say, step
+from mesh import site as sitefile
+from mesh.lab import Lab, LabError, NodeStatus, parse_topology
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except Failure as e:
+        say(f"kubermesh: {e.message}")
+        if e.hint:
+            say(f"  hint: {e.hint}")
+        return 1
+    except sitefile.SiteError as e:
+        say(f"kubermesh: the site file is not valid ({len(e.problems)} problem"
+            f"{'s' if len(e.problems) > 1 else ''}):")
+        for p in e.problems:
+            say(f"  {e.source}: {p}")
+        return 1
+    except LabError as e:
+        if args.debug:
+            raise
+        say(f"kubermesh: {e}")
+        return 1
+    except KeyboardInterrupt:
+        say("kubermesh: interrupted")
+        return 130
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kubermesh", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=lambda _: p.print_help())
+    sub = p.add_subparsers(title="commands")
+
+    site = sub.add_parser("site", help="create and check site files")
+    site.set_defaults(func=lambda _: site.print_help())
+    ssub = site.add_subparsers(title="site commands")
+    init = ssub.add_parser("init", help="write a fresh site file with new secrets")
+    init.add_argument("path", type=Path)
+    init.add_argument("--name", default="site", help="site name (default: site)")
+    init.add_argument("--pod-range", type=IPv4Network, default=sitefile.DEFAULT_POD_RANGE)
+    init.add_argument("--service-range", type=IPv4Network,
+                      default=sitefile.DEFAULT_SERVICE_RANGE)
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=site_init)
+    check = ssub.add_parser("check", help="validate a site file")
+    check.add_argument("path", type=Path)
+    check.set_defaults(func=site_check)
+
+    lab = sub.add_parser("lab", help="a mesh of network namespaces running real FRR")
+    lab.set_defaults(func=lambda _: lab.print_help())
+    lsub = lab.add_subparsers(title="lab commands")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = lsub.add_parser(name, help=help)
+        c.add_argument("--lab", default="lab", help="lab name (default: lab)")
+        return c
+
+    up = cmd("up", "create the lab and wait until it has converged")
+    up.add_argument("--topology", required=True,
+                    help="line:N, ring:N, grid:RxC or random:N:K[:SEED]")
+    up.add_argument("--site", type=Path, help="site file (default: a fresh one)")
+    up.add_argument("--timeout", type=float, help="seconds to wait for convergence")
+    up.add_argument("--no-wait", action="store_true", help="do not wait for convergence")
+    up.set_defaults(func=lab_up)
+    st = cmd("status", "adjacencies and routes of every node")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=lab_status)
+    kill = cmd("kill", "kill a node silently: daemons killed, forwarding off, cables up")
+    kill.add_argument("node")
+    kill.set_defaults(func=lambda a: say(f"killed {_lab(a).kill(a.node).name}"))
+    revive = cmd("revive", "start a killed node's daemons again")
+    revive.add_argument("node")
+    revive.set_defaults(func=lambda a: say(f"revived {_lab(a).revive(a.node).name}"))
+    for name, verb in (("cut", "unplug"), ("plug", "plug in")):
+        c = cmd(name, f"{verb} the cable between two nodes")
+        c.add_argument("a")
+        c.add_argument("b")
+        c.set_defaults(func=lab_cable, verb=name)
+    ping = cmd("ping", "ping one node's loopback from another")
+    ping.add_argument("src")
+    ping.add_argument("dst")
+    ping.set_defaults(func=lab_ping)
+    down = cmd("down", "remove every namespace, process and file of the lab")
+    down.set_defaults(func=lab_down)
+    return p
+
+
+def site_init(args: argparse.Namespace) -> None:
+    path: Path = args.path
+    if path.exists() and not args.force:
+        raise Failure(f"{path} exists already", hint="use --force to replace it")
+    text = sitefile.new_site_toml(args.name, args.pod_range, args.service_range)
+    sitefile.parse_site(tomllib.loads(text), str(path))  # refuse bad options
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds secrets
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+    say(f"wrote {path} (readable by its owner only: it holds the site's secrets)")
+
+
+def site_check(args: argparse.Namespace) -> None:
+    s = sitefile.load_site(args.path)
+    say(f"{args.path}: valid site {s.name!r}: ULA {s.mesh.ula}, pods {s.pods.range} "
+        f"({s.pods.blocks} blocks of /{s.pods.block_prefix}), services {s.services.range}, "
+        f"anycast {', '.join(f'{k}={v}' for k, v in s.anycast.items())}")
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    if os.geteuid() != 0:
+        raise Failure("the lab needs root (network namespaces, FRR)", hint="run it with sudo")
+    return Lab(args.lab)
+
+
+def lab_up(args: argparse.Namespace) -> None:
+    topo = parse_topology(args.topology)
+    if args.site:
+        sitefile.load_site(args.site)
+    lab = _lab(args)
+    with step(f"Creating lab {lab.name!r}: {topo.spec}"):
+        lab.up(topo, args.site, progress=lambda m: say(f"  {m}"))
+    if not args.no_wait:
+        timeout = args.timeout or 30 + topo.nodes
+        with step("Waiting for every node to route to every other"):
+            took = lab.wait_converged(timeout, progress=lambda m: say(f"  {m}"))
+        say(f"converged in {took:.1f} s after FRR started")
+    say(f"lab {lab.name!r} is up: `kubermesh lab status`, `kubermesh lab down`")
+
+
+def lab_status(args: argparse.Namespace) -> None:
+    statuses = _lab(args).status()
+    if args.json:
+        print(json.dumps([_status_json(s) for s in statuses], indent=1))
+        return
+    print(f"{'node':<6}{'loopback':<42}{'router-id':<17}{'full adj':>9}{'routes':>10}  neighbours")
+    for s in statuses:
+        routes = f"{s.routes_to}/{s.expected}" if s.alive else "dead"
+        nbrs = " ".join(f"{a.neighbour}:{a.state}" for a in s.adjacencies)
+        print(f"{s.name:<6}{s.loopback:<42}{s.router_id:<17}{s.full:>9}{routes:>10}  {nbrs}")
+
+
+def _status_json(s: NodeStatus) -> dict[str, object]:
+    d = asdict(s)
+    d["full_adjacencies"] = s.full
+    return d
+
+
+def lab_cable(args: argparse.Namespace) -> None:
+    lab = _lab(args)
+    getattr(lab, args.verb)(args.a, args.b)
+    say(f"{args.verb}: {lab.node(args.a).name} – {lab.node(args.b).name}")
+
+
+def lab_ping(args: argparse.Namespace) -> None:
+    lab = _lab(args)
+    if not lab.ping(args.src, args.dst):
+        raise Failure(f"{args.src} cannot reach {args.dst} ({lab.node(args.dst).loopback})")
+    say(f"{args.src} reaches {args.dst} ({lab.node(args.dst).loopback})")
+
+
+def lab_down(args: argparse.Namespace) -> None:
+    lab = _lab(args)
+    with step(f"Removing lab {lab.name!r}"):
+        removed = lab.down()
+    say(f"removed {removed} namespaces")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure mesh library: site file, address plan, config renderers, and the lab."""

@@ -1,0 +1,413 @@
+"""The site file: one warehouse, one cluster, one validated TOML file.
+
+`load_site` turns the file into a frozen `Site` or raises `SiteError` listing
+every problem, each naming its field. `new_site_toml` writes a fresh site with
+random secrets and sensible defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import string
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+from typing import Any
+
+from mesh import plan
+
+SITE_VERSION = 1
+
+DEFAULT_POD_RANGE = IPv4Network("10.244.0.0/14")  # 1024 blocks of /24
+DEFAULT_SERVICE_RANGE = IPv4Network("10.96.0.0/12")  # the Kubernetes default
+DEFAULT_POD_BLOCK = 24
+
+# FRR 8.4 ospf6d stores the authentication key in a fixed-size buffer.
+OSPF_KEY_MAX = 64
+OSPF_KEY_ALPHABET = string.ascii_letters + string.digits
+BOOTSTRAP_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class SiteError(Exception):
+    """A site file that cannot be used; `problems` are `field: what is wrong`."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    ula: IPv6Network
+    hello_interval: int = 1
+    dead_interval: int = 3
+    bfd_interval_ms: int = 100
+    bfd_multiplier: int = 3
+    # Interface names (shell globs) that are never mesh links, e.g. a management NIC.
+    not_mesh: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    range: IPv4Network
+    block_prefix: int = DEFAULT_POD_BLOCK
+
+    @property
+    def blocks(self) -> int:
+        return 1 << (self.block_prefix - self.range.prefixlen)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    range: IPv4Network
+
+
+@dataclass(frozen=True)
+class Secrets:
+    ospf_key_id: int
+    ospf_key: str
+    bootstrap_token: str
+
+    def __repr__(self) -> str:  # never print secrets by accident
+        return "Secrets(<redacted>)"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    mesh: MeshSettings
+    pods: PodSettings
+    services: ServiceSettings
+    anycast: Mapping[str, IPv6Address]
+    secrets: Secrets = field(repr=False)
+
+
+# --- field parsers: each returns the value or raises ValueError(what is wrong)
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"expected an integer, got {_kind(v)}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is out of range {lo}..{hi}")
+        return v
+
+    return parse
+
+
+def _str(pattern: re.Pattern[str] | None = None, hint: str = "") -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"expected a string, got {_kind(v)}")
+        if pattern is not None and not pattern.match(v):
+            raise ValueError(f"{v!r} is not {hint}")
+        return v
+
+    return parse
+
+
+def _secret(pattern: re.Pattern[str], hint: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"expected a string, got {_kind(v)}")
+        if not pattern.match(v):
+            raise ValueError(f"the value is not {hint}")  # never echo a secret
+        return v
+
+    return parse
+
+
+def _globs(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("expected a list of interface names or globs")
+    return tuple(v)
+
+
+def _ipv6_net(prefixlen: int) -> Callable[[Any], IPv6Network]:
+    def parse(v: Any) -> IPv6Network:
+        net = _network(v)
+        if not isinstance(net, IPv6Network):
+            raise ValueError(f"{v!r} is IPv4, expected an IPv6 /{prefixlen}")
+        if net.prefixlen != prefixlen:
+            raise ValueError(f"{v!r} is a /{net.prefixlen}, expected a /{prefixlen}")
+        return net
+
+    return parse
+
+
+def _ula48(v: Any) -> IPv6Network:
+    net = _ipv6_net(48)(v)
+    if not net.subnet_of(IPv6Network("fd00::/8")):
+        raise ValueError(f"{v!r} is not a unique local (RFC 4193) prefix in fd00::/8")
+    return net
+
+
+def _ipv4_net(shortest: int, longest: int) -> Callable[[Any], IPv4Network]:
+    def parse(v: Any) -> IPv4Network:
+        net = _network(v)
+        if not isinstance(net, IPv4Network):
+            raise ValueError(f"{v!r} is IPv6, expected an IPv4 prefix")
+        if not shortest <= net.prefixlen <= longest:
+            raise ValueError(
+                f"{v!r} is a /{net.prefixlen}, expected /{shortest} to /{longest}"
+            )
+        if not net.is_private:
+            raise ValueError(f"{v!r} is not a private (RFC 1918) range")
+        return net
+
+    return parse
+
+
+def _ipv6_addr(v: Any) -> IPv6Address:
+    if not isinstance(v, str):
+        raise ValueError(f"expected an IPv6 address as a string, got {_kind(v)}")
+    try:
+        addr = ipaddress.ip_address(v.removesuffix("/128"))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+    if not isinstance(addr, IPv6Address):
+        raise ValueError(f"{v!r} is IPv4, expected an IPv6 address")
+    return addr
+
+
+def _network(v: Any) -> IPv4Network | IPv6Network:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a prefix as a string, got {_kind(v)}")
+    try:
+        return ipaddress.ip_network(v, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{v!r} is not a prefix ({e})") from None
+
+
+def _kind(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+_REQUIRED = object()
+
+# One declarative table: section -> field -> (parser, default). It drives
+# parsing, unknown-field detection and the defaults written by `site init`.
+SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
+    "mesh": {
+        "ula": (_ula48, _REQUIRED),
+        "hello_interval": (_int(1, 60), 1),
+        "dead_interval": (_int(2, 240), 3),
+        "bfd_interval_ms": (_int(10, 10_000), 100),
+        "bfd_multiplier": (_int(2, 255), 3),
+        "not_mesh": (_globs, []),
+    },
+    "pods": {
+        "range": (_ipv4_net(8, 24), _REQUIRED),
+        "block_prefix": (_int(16, 28), DEFAULT_POD_BLOCK),
+    },
+    "services": {
+        "range": (_ipv4_net(8, 28), _REQUIRED),
+    },
+    "secrets": {
+        "ospf_key_id": (_int(1, 65535), 1),
+        "ospf_key": (
+            _secret(re.compile(rf"^[A-Za-z0-9]{{16,{OSPF_KEY_MAX}}}$"),
+                    f"16 to {OSPF_KEY_MAX} letters and digits"),
+            _REQUIRED,
+        ),
+        "bootstrap_token": (
+            _secret(BOOTSTRAP_TOKEN, "a Kubernetes bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})"),
+            _REQUIRED,
+        ),
+    },
+}
+TOP_LEVEL = {"version", "name", *SCHEMA, "anycast"}
+REQUIRED_ANYCAST = ("apiserver", "etcd")
+
+
+def parse_site(data: Mapping[str, Any], source: str = "site") -> Site:
+    """Validate parsed TOML; raise SiteError naming every bad field."""
+    problems: list[str] = []
+    for key in data:
+        if key not in TOP_LEVEL:
+            problems.append(f"{key}: unknown field (expected one of {', '.join(sorted(TOP_LEVEL))})")
+    version = data.get("version", _REQUIRED)
+    if version is _REQUIRED:
+        problems.append("version: missing (this release reads version = 1)")
+    elif version != SITE_VERSION:
+        problems.append(f"version: {version!r} is not supported (this release reads version = 1)")
+    name = _field(data, "name", _str(NAME, "a lower-case name (a-z, 0-9, -)"), _REQUIRED,
+                  "name", problems)
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, fields in SCHEMA.items():
+        table = data.get(section)
+        if table is None:
+            table = {}
+            if any(d is _REQUIRED for _, d in fields.values()):
+                problems.append(f"{section}: missing table [{section}]")
+                continue
+        if not isinstance(table, dict):
+            problems.append(f"{section}: expected a table [{section}], got {_kind(table)}")
+            continue
+        for key in table:
+            if key not in fields:
+                problems.append(
+                    f"{section}.{key}: unknown field (expected one of {', '.join(fields)})"
+                )
+        values[section] = {
+            key: _field(table, key, parser, default, f"{section}.{key}", problems)
+            for key, (parser, default) in fields.items()
+        }
+
+    anycast: dict[str, IPv6Address] = {}
+    table = data.get("anycast")
+    if not isinstance(table, dict):
+        problems.append("anycast: missing table [anycast] of service = address")
+    else:
+        for svc in REQUIRED_ANYCAST:
+            if svc not in table:
+                problems.append(f"anycast.{svc}: missing")
+        for svc, raw in table.items():
+            if not NAME.match(svc):
+                problems.append(f"anycast.{svc}: not a service name (a-z, 0-9, -)")
+                continue
+            addr = _field(table, svc, _ipv6_addr, _REQUIRED, f"anycast.{svc}", problems)
+            if addr is not None:
+                anycast[svc] = addr
+
+    if problems:
+        raise SiteError(source, problems)
+    site = Site(
+        name=name,
+        mesh=MeshSettings(**values["mesh"]),
+        pods=PodSettings(**values["pods"]),
+        services=ServiceSettings(**values["services"]),
+        anycast=anycast,
+        secrets=Secrets(**values["secrets"]),
+    )
+    problems = _cross_checks(site)
+    if problems:
+        raise SiteError(source, problems)
+    return site
+
+
+def _field(table: Mapping[str, Any], key: str, parser: Callable[[Any], Any], default: Any,
+           where: str, problems: list[str]) -> Any:
+    if key not in table:
+        if default is _REQUIRED:
+            problems.append(f"{where}: missing")
+            return None
+        return tuple(default) if isinstance(default, list) else default
+    try:
+        return parser(table[key])
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
+        return None
+
+
+def _cross_checks(site: Site) -> list[str]:
+    problems = []
+    m, pods, svc = site.mesh, site.pods, site.services
+    if m.dead_interval <= m.hello_interval:
+        problems.append(
+            f"mesh.dead_interval: {m.dead_interval} s must be longer than "
+            f"mesh.hello_interval ({m.hello_interval} s)"
+        )
+    if pods.block_prefix <= pods.range.prefixlen:
+        problems.append(
+            f"pods.block_prefix: /{pods.block_prefix} must be longer than pods.range "
+            f"(/{pods.range.prefixlen})"
+        )
+    if pods.range.overlaps(svc.range):
+        problems.append(f"services.range: {svc.range} overlaps pods.range {pods.range}")
+    seen: dict[IPv6Address, str] = {}
+    for name, addr in site.anycast.items():
+        if addr not in m.ula:
+            problems.append(f"anycast.{name}: {addr} is outside the site prefix mesh.ula {m.ula}")
+        elif addr not in plan.anycast_subnet(m.ula):
+            problems.append(
+                f"anycast.{name}: {addr} is not in the anycast subnet "
+                f"{plan.anycast_subnet(m.ula)} of mesh.ula"
+            )
+        if addr in seen:
+            problems.append(f"anycast.{name}: {addr} is also anycast.{seen[addr]}")
+        seen[addr] = name
+    return problems
+
+
+def load_site(path: Path) -> Site:
+    """Read and validate a site file."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SiteError(str(path), [f"cannot read the file ({e.strerror})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SiteError(str(path), [f"not valid TOML ({e})"]) from None
+    return parse_site(data, str(path))
+
+
+def random_ula() -> IPv6Network:
+    """An RFC 4193 /48: fd00::/8 plus a 40-bit random global ID."""
+    global_id = secrets.randbits(40)
+    return IPv6Network(((0xFD << 120) | (global_id << 80), 48))
+
+
+def random_bootstrap_token() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    pick = lambda n: "".join(secrets.choice(alphabet) for _ in range(n))  # noqa: E731
+    return f"{pick(6)}.{pick(16)}"
+
+
+def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE,
+                  service_range: IPv4Network = DEFAULT_SERVICE_RANGE) -> str:
+    """A fresh, commented site file with random ULA and secrets."""
+    ula = random_ula()
+    anycast = plan.anycast_subnet(ula)
+    key = "".join(secrets.choice(OSPF_KEY_ALPHABET) for _ in range(32))
+    d = {k: v for k, (_, v) in SCHEMA["mesh"].items()}
+    return f"""\
+# Kubermesh site: one warehouse, one cluster. Created by `kubermesh site init`.
+# Check it with `kubermesh site check FILE`; bake it into an image with
+# `kubermesh build --site FILE`. The [secrets] table must stay private.
+version = {SITE_VERSION}
+name = "{name}"
+
+[mesh]
+# Unique local /48 (RFC 4193) holding every node loopback and anycast address.
+ula = "{ula}"
+# OSPFv3 hello/dead intervals in seconds, on every mesh link.
+hello_interval = {d["hello_interval"]}
+dead_interval = {d["dead_interval"]}
+# BFD on every OSPFv3 link: a dead neighbour is noticed after interval x multiplier.
+bfd_interval_ms = {d["bfd_interval_ms"]}
+bfd_multiplier = {d["bfd_multiplier"]}
+# Interfaces (globs) that are never mesh links, e.g. ["mgmt*"].
+not_mesh = []
+
+[pods]
+# IPv4 range for pods; each node owns one block of /block_prefix from it.
+range = "{pod_range}"
+block_prefix = {DEFAULT_POD_BLOCK}
+
+[services]
+# Kubernetes service (ClusterIP) range.
+range = "{service_range}"
+
+[anycast]
+# One /128 per cluster-wide service, announced by the nodes that run it.
+apiserver = "{anycast.network_address + 1}"
+etcd = "{anycast.network_address + 2}"
+
+[secrets]
+# OSPFv3 authentication trailer (HMAC-SHA-256): a PC without it injects no route.
+ospf_key_id = 1
+ospf_key = "{key}"
+# Kubernetes bootstrap token for joining nodes.
+bootstrap_token = "{random_bootstrap_token()}"
+"""

@@ -1,0 +1,124 @@
+"""Topologies as data: who is cabled to whom. Nodes are numbered 1..N."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+Edge = tuple[int, int]
+MAX_NODES = 1000
+
+
+@dataclass(frozen=True)
+class Topology:
+    spec: str
+    nodes: int
+    edges: tuple[Edge, ...]  # (a, b) with a < b, sorted
+
+    def neighbours(self, n: int) -> list[int]:
+        return sorted({b for a, b in self.edges if a == n} | {a for a, b in self.edges if b == n})
+
+    def degree(self, n: int) -> int:
+        return len(self.neighbours(n))
+
+    def without(self, dead: Iterable[int] = (), cut: Iterable[Edge] = ()) -> Topology:
+        gone = set(dead)
+        cuts = {_edge(a, b) for a, b in cut}
+        edges = tuple(e for e in self.edges if e not in cuts and not gone & set(e))
+        return Topology(self.spec, self.nodes, edges)
+
+    def distances(self, src: int) -> dict[int, int]:
+        """Hop counts from src to every node it can reach (BFS)."""
+        adj: dict[int, list[int]] = {n: [] for n in range(1, self.nodes + 1)}
+        for a, b in self.edges:
+            adj[a].append(b)
+            adj[b].append(a)
+        dist = {src: 0}
+        queue = deque([src])
+        while queue:
+            n = queue.popleft()
+            for m in adj[n]:
+                if m not in dist:
+                    dist[m] = dist[n] + 1
+                    queue.append(m)
+        return dist
+
+    def connected(self) -> bool:
+        return len(self.distances(1)) == self.nodes
+
+
+def _edge(a: int, b: int) -> Edge:
+    return (a, b) if a < b else (b, a)
+
+
+def parse(spec: str) -> Topology:
+    """`line:N`, `ring:N`, `grid:RxC` or `random:N:K[:SEED]`; ValueError says what is wrong."""
+    kind, _, rest = spec.partition(":")
+    args = rest.split(":") if rest else []
+    try:
+        if kind == "line" and len(args) == 1:
+            n = _count(args[0], 2)
+            edges = [(i, i + 1) for i in range(1, n)]
+        elif kind == "ring" and len(args) == 1:
+            n = _count(args[0], 3)
+            edges = [(i, i + 1) for i in range(1, n)] + [(1, n)]
+        elif kind == "grid" and len(args) == 1 and "x" in args[0]:
+            r_s, c_s = args[0].split("x", 1)
+            rows, cols = _count(r_s, 1), _count(c_s, 1)
+            n = rows * cols
+            if n < 2:
+                raise ValueError("a grid needs at least 2 nodes")
+            at = lambda r, c: r * cols + c + 1  # noqa: E731
+            edges = [(at(r, c), at(r, c + 1)) for r in range(rows) for c in range(cols - 1)]
+            edges += [(at(r, c), at(r + 1, c)) for r in range(rows - 1) for c in range(cols)]
+        elif kind == "random" and len(args) in (2, 3):
+            n = _count(args[0], 2)
+            k = _count(args[1], 2)
+            seed = int(args[2]) if len(args) == 3 else 1
+            edges = _random_mesh(n, k, seed)
+        else:
+            raise ValueError("expected line:N, ring:N, grid:RxC or random:N:K[:SEED]")
+    except ValueError as e:
+        raise ValueError(f"topology {spec!r}: {e}") from None
+    if n > MAX_NODES:
+        raise ValueError(f"topology {spec!r}: {n} nodes is more than the lab's {MAX_NODES}")
+    return Topology(spec, n, tuple(sorted(_edge(a, b) for a, b in edges)))
+
+
+def _count(s: str, least: int) -> int:
+    if not s.isdigit() or int(s) < least:
+        raise ValueError(f"{s!r} is not a whole number >= {least}")
+    return int(s)
+
+
+def _random_mesh(n: int, k: int, seed: int) -> list[Edge]:
+    """A connected graph in which every node has degree <= k.
+
+    A random tree first (each node cabled to an earlier one with a free port),
+    then random extra cables between nodes with free ports, about as a
+    warehouse's PCs would be cabled to a few neighbours each.
+    """
+    rng = random.Random(seed)
+    degree = dict.fromkeys(range(1, n + 1), 0)
+    edges: set[Edge] = set()
+    order = list(range(1, n + 1))
+    rng.shuffle(order)
+    for i, node in enumerate(order[1:], start=1):
+        free = [m for m in order[:i] if degree[m] < k]  # never empty: a tree has leaves
+        peer = rng.choice(free)
+        edges.add(_edge(node, peer))
+        degree[node] += 1
+        degree[peer] += 1
+    wanted = (n * k) // 2 * 3 // 4  # leave some ports free, as in real cabling
+    for _ in range(n * k * 4):
+        if len(edges) >= wanted:
+            break
+        a, b = rng.sample(range(1, n + 1), 2)
+        e = _edge(a, b)
+        if e not in edges and degree[a] < k and degree[b] < k:
+            edges.add(e)
+            degree[a] += 1
+            degree[b] += 1
+    return list(edges)
