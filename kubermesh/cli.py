@@ -165,7 +165,7 @@ def _status_json(s: NodeStatus) -> dict[str, object]:
 def lab_cable(args: argparse.Namespace) -> None:
     lab = _lab(args)
     getattr(lab, args.verb)(args.a, args.b)
-    say(f"{args.verb}: {lab.node(args.a).name} – {lab.node(args.b).name}")
+    say(f"{args.verb}: {lab.node(args.a).name} - {lab.node(args.b).name}")
 
 
 def lab_ping(args: argparse.Namespace) -> None:

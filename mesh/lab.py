@@ -11,6 +11,7 @@ Everything a lab makes is named after it and recorded before it is made, so
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -233,7 +234,9 @@ class Lab:
         rids: dict[str, str] = {}
         for n in nodes:
             if n.router_id in rids:
-                raise LabError(f"router-id {n.router_id} of {n.name} collides with {rids[n.router_id]}")
+                raise LabError(
+                    f"router-id {n.router_id} of {n.name} collides with {rids[n.router_id]}"
+                )
             rids[n.router_id] = n.name
         return LabState(self.name, topo.spec, list(topo.edges), nodes)
 
@@ -406,11 +409,16 @@ class Lab:
             return list(pool.map(one, self.state.nodes))
 
     def converged(self) -> tuple[int, int]:
-        """(nodes whose routes are exactly as the live topology says, live nodes)."""
+        """(nodes that are as the live topology says, live nodes): a Full adjacency on
+        every live cable and a route to exactly the loopbacks they can reach."""
         live = [n for n in self.state.nodes if n.index not in self.state.dead]
+        topo = self.state.topology.without(self.state.dead, self.state.cut)
 
         def ok(n: LabNode) -> bool:
-            return set(self.routes(n.index)) == self.state.expected_routes(n.index)
+            if set(self.routes(n.index)) != self.state.expected_routes(n.index):
+                return False
+            full = {a.neighbour for a in self.neighbours(n.index) if a.state == "Full"}
+            return full == {f"n{m}" for m in topo.neighbours(n.index)}
 
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
             return sum(pool.map(ok, live)), len(live)
@@ -422,7 +430,7 @@ class Lab:
         while True:
             done = self.converged()
             if done != last:
-                progress(f"{done[0]}/{done[1]} nodes route to every reachable node")
+                progress(f"{done[0]}/{done[1]} nodes have every adjacency and route")
                 last = done
             if done[0] == done[1]:
                 return time.monotonic() - start
@@ -479,10 +487,8 @@ class Lab:
         pids = self._pids(namespace)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + 2
             while pids and time.monotonic() < deadline:
                 pids = self._pids(namespace)

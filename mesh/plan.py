@@ -46,7 +46,9 @@ class HardwareIdentity:
         macs = sorted(m.lower() for m in permanent_macs if _MAC.match(m.lower()))
         macs = [m for m in macs if m != "00:00:00:00:00:00"]
         if not macs:
-            raise ValueError("no hardware identity: no usable DMI product UUID and no permanent MAC")
+            raise ValueError(
+                "no hardware identity: no usable DMI product UUID and no permanent MAC"
+            )
         return cls("mac", macs[0])
 
     def __str__(self) -> str:

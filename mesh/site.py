@@ -29,6 +29,7 @@ DEFAULT_POD_BLOCK = 24
 # FRR 8.4 ospf6d stores the authentication key in a fixed-size buffer.
 OSPF_KEY_MAX = 64
 OSPF_KEY_ALPHABET = string.ascii_letters + string.digits
+TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 BOOTSTRAP_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -233,7 +234,8 @@ def parse_site(data: Mapping[str, Any], source: str = "site") -> Site:
     problems: list[str] = []
     for key in data:
         if key not in TOP_LEVEL:
-            problems.append(f"{key}: unknown field (expected one of {', '.join(sorted(TOP_LEVEL))})")
+            known = ", ".join(sorted(TOP_LEVEL))
+            problems.append(f"{key}: unknown field (expected one of {known})")
     version = data.get("version", _REQUIRED)
     if version is _REQUIRED:
         problems.append("version: missing (this release reads version = 1)")
@@ -271,7 +273,7 @@ def parse_site(data: Mapping[str, Any], source: str = "site") -> Site:
         for svc in REQUIRED_ANYCAST:
             if svc not in table:
                 problems.append(f"anycast.{svc}: missing")
-        for svc, raw in table.items():
+        for svc, _raw in table.items():
             if not NAME.match(svc):
                 problems.append(f"anycast.{svc}: not a service name (a-z, 0-9, -)")
                 continue
@@ -359,9 +361,11 @@ def random_ula() -> IPv6Network:
 
 
 def random_bootstrap_token() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    pick = lambda n: "".join(secrets.choice(alphabet) for _ in range(n))  # noqa: E731
-    return f"{pick(6)}.{pick(16)}"
+    return f"{_random_string(6, TOKEN_ALPHABET)}.{_random_string(16, TOKEN_ALPHABET)}"
+
+
+def _random_string(length: int, alphabet: str) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
 def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE,
@@ -369,7 +373,7 @@ def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE
     """A fresh, commented site file with random ULA and secrets."""
     ula = random_ula()
     anycast = plan.anycast_subnet(ula)
-    key = "".join(secrets.choice(OSPF_KEY_ALPHABET) for _ in range(32))
+    key = _random_string(32, OSPF_KEY_ALPHABET)
     d = {k: v for k, (_, v) in SCHEMA["mesh"].items()}
     return f"""\
 # Kubermesh site: one warehouse, one cluster. Created by `kubermesh site init`.

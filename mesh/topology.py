@@ -70,9 +70,10 @@ def parse(spec: str) -> Topology:
             n = rows * cols
             if n < 2:
                 raise ValueError("a grid needs at least 2 nodes")
-            at = lambda r, c: r * cols + c + 1  # noqa: E731
-            edges = [(at(r, c), at(r, c + 1)) for r in range(rows) for c in range(cols - 1)]
-            edges += [(at(r, c), at(r + 1, c)) for r in range(rows - 1) for c in range(cols)]
+            edges = [(r * cols + c + 1, r * cols + c + 2)
+                     for r in range(rows) for c in range(cols - 1)]
+            edges += [(r * cols + c + 1, (r + 1) * cols + c + 1)
+                      for r in range(rows - 1) for c in range(cols)]
         elif kind == "random" and len(args) in (2, 3):
             n = _count(args[0], 2)
             k = _count(args[1], 2)

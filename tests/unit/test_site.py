@@ -1,0 +1,157 @@
+"""The site file: fresh sites validate; every kind of bad input names its field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh import plan
+from mesh.site import SiteError, load_site, new_site_toml, parse_site, random_ula
+
+
+def fresh() -> dict[str, Any]:
+    return tomllib.loads(new_site_toml("test"))
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(SiteError) as e:
+        parse_site(data, "site.toml")
+    return e.value.problems
+
+
+def test_fresh_site_is_valid_and_has_fresh_values() -> None:
+    a, b = parse_site(fresh()), parse_site(fresh())
+    assert a.mesh.ula != b.mesh.ula
+    assert a.secrets.ospf_key != b.secrets.ospf_key
+    assert a.secrets.bootstrap_token != b.secrets.bootstrap_token
+    assert a.pods.blocks >= 400  # a warehouse of ~400 nodes
+    for addr in a.anycast.values():
+        assert addr in plan.anycast_subnet(a.mesh.ula)
+    assert set(a.anycast) == {"apiserver", "etcd"}
+
+
+def test_random_ula_is_rfc4193() -> None:
+    for _ in range(50):
+        ula = random_ula()
+        assert ula.prefixlen == 48 and ula.subnet_of(IPv6Network("fd00::/8"))
+
+
+def test_secrets_never_in_repr() -> None:
+    s = parse_site(fresh())
+    assert s.secrets.ospf_key not in repr(s)
+    assert s.secrets.ospf_key not in repr(s.secrets)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "words"),
+    [
+        (lambda d: d["mesh"].update(ula=48), "mesh.ula", "expected a prefix as a string"),
+        (lambda d: d["mesh"].update(ula="fd00:1:2:3::/64"), "mesh.ula", "is a /64, expected a /48"),
+        (lambda d: d["mesh"].update(ula="10.0.0.0/8"), "mesh.ula", "is IPv4"),
+        (lambda d: d["mesh"].update(ula="2001:db8:1::/48"), "mesh.ula", "unique local"),
+        (lambda d: d["mesh"].update(ula="fd00:zz::/48"), "mesh.ula", "not a prefix"),
+        (lambda d: d["pods"].update(range="fd00::/64"), "pods.range", "is IPv6"),
+        (lambda d: d["pods"].update(range="10.0.0.0/28"), "pods.range", "expected /8 to /24"),
+        (lambda d: d["pods"].update(range="8.8.0.0/16"), "pods.range", "private"),
+        (lambda d: d["services"].update(range="10.244.4.0/24"), "services.range", "overlaps"),
+        (lambda d: d["mesh"].update(hello_interval="1"), "mesh.hello_interval", "integer"),
+        (lambda d: d["mesh"].update(hello_interval=True), "mesh.hello_interval", "integer"),
+        (lambda d: d["mesh"].update(bfd_interval_ms=1), "mesh.bfd_interval_ms", "out of range"),
+        (lambda d: d["mesh"].update(hello_interval=3), "mesh.dead_interval", "longer than"),
+        (lambda d: d["mesh"].pop("ula"), "mesh.ula", "missing"),
+        (lambda d: d.pop("secrets"), "secrets", "missing table"),
+        (lambda d: d["mesh"].update(colour="blue"), "mesh.colour", "unknown field"),
+        (lambda d: d.update(extra=1), "extra", "unknown field"),
+        (lambda d: d["anycast"].update(apiserver="fd99::1"), "anycast.apiserver", "outside"),
+        (lambda d: d["anycast"].update(etcd="10.0.0.1"), "anycast.etcd", "is IPv4"),
+        (lambda d: d["anycast"].pop("apiserver"), "anycast.apiserver", "missing"),
+        (lambda d: d["secrets"].update(ospf_key="short"), "secrets.ospf_key", "16 to 64"),
+        (lambda d: d["secrets"].update(bootstrap_token="x"), "secrets.bootstrap_token", "token"),
+        (lambda d: d.update(version=2), "version", "not supported"),
+        (lambda d: d["pods"].update(block_prefix=14), "pods.block_prefix", "out of range"),
+    ],
+)
+def test_bad_field_is_named(mutate: Any, field: str, words: str) -> None:
+    data = fresh()
+    mutate(data)
+    found = problems(data)
+    assert any(p.startswith(f"{field}:") and words in p for p in found), found
+
+
+def test_anycast_outside_anycast_subnet_and_duplicates() -> None:
+    data = fresh()
+    ula = IPv6Network(data["mesh"]["ula"])
+    data["anycast"]["apiserver"] = str(plan.loopback_subnet(ula).network_address + 5)
+    data["anycast"]["dns"] = data["anycast"]["etcd"]
+    found = problems(data)
+    assert any(p.startswith("anycast.apiserver:") and "anycast subnet" in p for p in found)
+    assert any(p.startswith("anycast.dns:") and "also anycast.etcd" in p for p in found)
+
+
+def test_all_problems_reported_at_once() -> None:
+    data = fresh()
+    data["mesh"]["ula"] = "fd00::/64"
+    data["pods"]["range"] = "x"
+    assert len(problems(data)) == 2
+
+
+def test_wrong_secret_is_not_echoed() -> None:
+    data = fresh()
+    data["secrets"]["ospf_key"] = "bad key with spaces!"
+    assert not any("bad key" in p for p in problems(data))
+
+
+def test_load_site_reports_toml_errors(tmp_path: Path) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text("version = 1\nname = \n")
+    with pytest.raises(SiteError, match="not valid TOML"):
+        load_site(p)
+    with pytest.raises(SiteError, match="cannot read"):
+        load_site(tmp_path / "absent.toml")
+
+
+def kubermesh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubermesh", *args],
+                          capture_output=True, text=True, check=False)
+
+
+def test_cli_init_and_check(tmp_path: Path) -> None:
+    p = tmp_path / "site.toml"
+    r = kubermesh("site", "init", str(p), "--name", "dc1")
+    assert r.returncode == 0, r.stderr
+    assert os.stat(p).st_mode & 0o777 == 0o600
+    assert load_site(p).name == "dc1"
+    assert kubermesh("site", "check", str(p)).returncode == 0
+    before = p.read_text()
+    r = kubermesh("site", "init", str(p))
+    assert r.returncode == 1 and "exists already" in r.stderr
+    assert p.read_text() == before  # nothing changed
+
+
+def test_cli_check_names_field(tmp_path: Path) -> None:
+    p = tmp_path / "site.toml"
+    p.write_text(new_site_toml().replace('range = "10.96.0.0/12"', 'range = "10.244.0.0/16"'))
+    r = kubermesh("site", "check", str(p))
+    assert r.returncode == 1
+    assert "services.range" in r.stderr and "overlaps pods.range" in r.stderr
+
+
+def test_cli_init_refuses_bad_ranges(tmp_path: Path) -> None:
+    p = tmp_path / "site.toml"
+    r = kubermesh("site", "init", str(p), "--pod-range", "10.0.0.0/8",
+                  "--service-range", "10.96.0.0/12")
+    assert r.returncode == 1 and "services.range" in r.stderr
+    assert not p.exists()
+
+
+def test_default_ranges() -> None:
+    s = parse_site(fresh())
+    assert s.pods.range == IPv4Network("10.244.0.0/14")
+    assert s.services.range == IPv4Network("10.96.0.0/12")
