@@ -1,0 +1,60 @@
+"""Shared by the benchmarks: a lab that is always removed, a site variant, figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import statistics
+import sys
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mesh.lab import Lab
+from mesh.site import new_site_toml, parse_site
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = None) -> Path:
+    """A fresh site, with the BFD timers changed if asked."""
+    text = new_site_toml("bench")
+    if bfd_interval_ms is not None:
+        text = text.replace("bfd_interval_ms = 100", f"bfd_interval_ms = {bfd_interval_ms}")
+    if bfd_multiplier is not None:
+        text = text.replace("bfd_multiplier = 3", f"bfd_multiplier = {bfd_multiplier}")
+    parse_site(tomllib.loads(text))
+    path = Path(f"/run/kubermesh/bench-{os.getpid()}.toml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@contextmanager
+def lab() -> Iterator[Lab]:
+    the_lab = Lab("b" + secrets.token_hex(3))
+    try:
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "p95": percentile(values, 95),
+            "min": min(values), "max": max(values)}
+
+
+def save(name: str, data: object) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
+    print(f"results in {RESULTS / name}.json", file=sys.stderr)
