@@ -66,6 +66,8 @@ class LabNode:
     loopback: str
     router_id: str
     links: dict[str, int]  # interface name -> peer node index
+    # Long-running programs started in the node besides FRR (agents); restarted by revive.
+    agents: list[list[str]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -317,14 +319,30 @@ class Lab:
 
     # --- failures
 
-    def kill(self, ref: str | int) -> LabNode:
-        """A silent death: daemons killed, forwarding off, cables left up."""
+    def spawn(self, ref: str | int, argv: Sequence[str], name: str) -> int:
+        """Start a long-running program (an agent) in the node's namespace; return its PID.
+
+        Its output goes to <node dir>/<name>.log; kill and down end it with the
+        node, and revive starts it again.
+        """
         n = self.node(ref)
-        members = set(self._pids(n.namespace))
-        for daemon in FRR_DAEMONS:
-            pid = self._daemon_pid(n, daemon)
-            if pid is not None and pid in members:
-                os.kill(pid, signal.SIGKILL)
+        pid = self._spawn(n, list(argv), name)
+        n.agents.append([name, *argv])
+        self._save()
+        return pid
+
+    def _spawn(self, n: LabNode, argv: list[str], name: str) -> int:
+        with open(self.node_dir(n) / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", n.namespace, *argv],
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        return proc.pid
+
+    def kill(self, ref: str | int) -> LabNode:
+        """A silent death: every process of the node (FRR, agents) SIGKILLed,
+        forwarding off, cables left up."""
+        n = self.node(ref)
+        _signal(self._pids(n.namespace), signal.SIGKILL)
         self._sysctl(n, {"net.ipv6.conf.all.forwarding": 0, "net.ipv4.ip_forward": 0})
         if n.index not in self.state.dead:
             self.state.dead.append(n.index)
@@ -336,6 +354,8 @@ class Lab:
         n = self.node(ref)
         self._sysctl(n, {"net.ipv6.conf.all.forwarding": 1, "net.ipv4.ip_forward": 1})
         self._start_frr(n, self.site)
+        for name, *argv in n.agents:
+            self._spawn(n, argv, name)
         if n.index in self.state.dead:
             self.state.dead.remove(n.index)
         self._save()
@@ -486,9 +506,7 @@ class Lab:
         # Only processes inside this lab's own namespace: the lab started them.
         pids = self._pids(namespace)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+            _signal(pids, sig)
             deadline = time.monotonic() + 2
             while pids and time.monotonic() < deadline:
                 pids = self._pids(namespace)
@@ -496,6 +514,12 @@ class Lab:
             if not pids:
                 break
         run(["ip", "netns", "del", namespace], check=False)
+
+
+def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def parse_topology(spec: str) -> Topology:
