@@ -428,20 +428,36 @@ class Lab:
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
             return list(pool.map(one, self.state.nodes))
 
-    def converged(self) -> tuple[int, int]:
-        """(nodes that are as the live topology says, live nodes): a Full adjacency on
-        every live cable and a route to exactly the loopbacks they can reach."""
+    def differences(self) -> dict[str, str]:
+        """What keeps each live node from being as the live topology says: a Full
+        adjacency on every live cable and a route to exactly the loopbacks it can
+        reach. Converged nodes are left out."""
         live = [n for n in self.state.nodes if n.index not in self.state.dead]
         topo = self.state.topology.without(self.state.dead, self.state.cut)
+        name = {IPv6Address(n.loopback): n.name for n in self.state.nodes}
 
-        def ok(n: LabNode) -> bool:
-            if set(self.routes(n.index)) != self.state.expected_routes(n.index):
-                return False
+        def diff(n: LabNode) -> str:
+            crashed = self.crashed(n)
+            if crashed:
+                return f"{', '.join(crashed)} not running (see {self.node_dir(n)}/*.log)"
+            got, want = set(self.routes(n.index)), self.state.expected_routes(n.index)
             full = {a.neighbour for a in self.neighbours(n.index) if a.state == "Full"}
-            return full == {f"n{m}" for m in topo.neighbours(n.index)}
+            peers = {f"n{m}" for m in topo.neighbours(n.index)}
+            parts = [f"no route to {', '.join(sorted(name[a] for a in want - got))}"
+                     if want - got else "",
+                     f"stale route to {', '.join(sorted(name[a] for a in got - want))}"
+                     if got - want else "",
+                     f"not Full with {', '.join(sorted(peers - full))}" if peers - full else ""]
+            return "; ".join(p for p in parts if p)
 
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
-            return sum(pool.map(ok, live)), len(live)
+            diffs = dict(zip([n.name for n in live], pool.map(diff, live), strict=True))
+        return {k: v for k, v in diffs.items() if v}
+
+    def converged(self) -> tuple[int, int]:
+        """(converged live nodes, live nodes); see `differences`."""
+        live = sum(1 for n in self.state.nodes if n.index not in self.state.dead)
+        return live - len(self.differences()), live
 
     def wait_converged(self, timeout: float, progress: Progress = _quiet) -> float:
         """Poll until every live node routes to exactly the loopbacks it should."""
@@ -455,8 +471,10 @@ class Lab:
             if done[0] == done[1]:
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:
+                sample = "; ".join(f"{k}: {v}" for k, v in list(self.differences().items())[:5])
                 raise LabError(
                     f"not converged after {timeout:.0f} s: {done[0]}/{done[1]} nodes complete"
+                    f" (e.g. {sample})"
                 )
             time.sleep(0.2)
 
@@ -481,6 +499,11 @@ class Lab:
     def _pids(namespace: str) -> list[int]:
         out = run(["ip", "netns", "pids", namespace], check=False).stdout
         return [int(p) for p in out.split()]
+
+    def crashed(self, n: LabNode) -> list[str]:
+        """FRR daemons of a live node that are no longer running."""
+        members = set(self._pids(n.namespace))
+        return [d for d in FRR_DAEMONS if self._daemon_pid(n, d) not in members]
 
     def _daemon_pid(self, n: LabNode, daemon: str) -> int | None:
         try:
