@@ -11,12 +11,17 @@ from dataclasses import asdict
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from firstboot import agent
+from firstboot import status as nodestatus
 from kubermesh.ui import Failure, say, step
 from mesh import site as sitefile
 from mesh.lab import Lab, LabError, NodeStatus, parse_topology
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"]:  # the node agent has its own options
+        return agent.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         args.func(args)
@@ -63,6 +68,12 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("path", type=Path)
     check.set_defaults(func=site_check)
 
+    sub.add_parser("agent", help="the node agent (see `kubermesh agent --help`)")
+    status = sub.add_parser("status", help="this node: identity, links, neighbours, stage")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--file", type=Path, default=nodestatus.STATUS_FILE)
+    status.set_defaults(func=node_status)
+
     lab = sub.add_parser("lab", help="a mesh of network namespaces running real FRR")
     lab.set_defaults(func=lambda _: lab.print_help())
     lsub = lab.add_subparsers(title="lab commands")
@@ -100,6 +111,15 @@ def parser() -> argparse.ArgumentParser:
     down = cmd("down", "remove every namespace, process and file of the lab")
     down.set_defaults(func=lab_down)
     return p
+
+
+def node_status(args: argparse.Namespace) -> None:
+    try:
+        st = nodestatus.read(args.file)
+    except FileNotFoundError:
+        raise Failure(f"no node status at {args.file}",
+                      hint="the node agent writes it: systemctl status kubermesh-agent") from None
+    print(json.dumps(st.to_json(), indent=1) if args.json else nodestatus.render(st))
 
 
 def site_init(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,7 @@ class LabNode:
     loopback: str
     router_id: str
     links: dict[str, int]  # interface name -> peer node index
+    hardware: str  # the made-up hardware identity, "mac:..."
     # Long-running programs started in the node besides FRR (agents); restarted by revive.
     agents: list[list[str]] = field(default_factory=list)
 
@@ -93,6 +95,8 @@ class LabState:
     nodes: list[LabNode]
     dead: list[int] = field(default_factory=list)
     cut: list[tuple[int, int]] = field(default_factory=list)
+    # True: each node's agent (firstboot.agent) owns its frr.conf, as in the image.
+    agent: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -104,7 +108,7 @@ class LabState:
             name=d["name"], spec=d["spec"],
             edges=[(a, b) for a, b in d["edges"]],
             nodes=[LabNode(**n) for n in d["nodes"]],
-            dead=list(d["dead"]), cut=[(a, b) for a, b in d["cut"]],
+            dead=list(d["dead"]), cut=[(a, b) for a, b in d["cut"]], agent=d["agent"],
         )
 
     @property
@@ -200,10 +204,14 @@ class Lab:
     # --- bringing it up
 
     def up(self, topo: Topology, site_file: Path | None = None,
-           sites: dict[int, Site] | None = None, progress: Progress = _quiet) -> None:
+           sites: dict[int, Site] | None = None, progress: Progress = _quiet,
+           agent: bool = False, twins: dict[int, int] | None = None) -> None:
         """Create namespaces, cables and FRR for every node; on failure remove it all.
 
         `sites` overrides the site for some nodes (e.g. a wrong OSPF key).
+        `agent`: FRR starts with no mesh configuration and every node runs the
+        node agent, which finds its cables and configures FRR, as in the image.
+        `twins` {i: j}: node i gets node j's hardware identity (a cloned PC).
         """
         if self.exists():
             raise LabError(f"lab {self.name!r} is already up: run `kubermesh lab down` first")
@@ -218,7 +226,8 @@ class Lab:
             with os.fdopen(fd, "w") as f:
                 f.write(site_file.read_text() if site_file else new_site_toml(f"lab-{self.name}"))
             site = load_site(site_path)
-            self._state = self._plan(topo, site)
+            self._state = self._plan(topo, site, twins or {})
+            self._state.agent = agent
             self._save()  # recorded before anything is made, so down() finds it all
             progress(f"{topo.nodes} nodes, {len(topo.edges)} cables")
             self._create(site, sites or {}, progress)
@@ -226,16 +235,17 @@ class Lab:
             self.down()
             raise
 
-    def _plan(self, topo: Topology, site: Site) -> LabState:
+    def _plan(self, topo: Topology, site: Site, twins: dict[int, int]) -> LabState:
         nodes = []
         for i in range(1, topo.nodes + 1):
-            ident = plan.derive(lab_identity(self.name, i), site.mesh.ula)
+            hw = lab_identity(self.name, twins.get(i, i))
+            ident = plan.derive(hw, site.mesh.ula)
             links = {f"m{peer}": peer for peer in topo.neighbours(i)}
             nodes.append(LabNode(i, f"{self.prefix}n{i}", ident.node_id, ident.hostname,
-                                 str(ident.loopback), str(ident.router_id), links))
+                                 str(ident.loopback), str(ident.router_id), links, str(hw)))
         rids: dict[str, str] = {}
         for n in nodes:
-            if n.router_id in rids:
+            if n.router_id in rids and n.index not in twins:
                 raise LabError(
                     f"router-id {n.router_id} of {n.name} collides with {rids[n.router_id]}"
                 )
@@ -248,16 +258,29 @@ class Lab:
             run(["ip", "netns", "add", n.namespace])
         self._parallel(self._prepare_node, st.nodes)
         progress("namespaces ready")
-        batch = "".join(
-            f"link add name m{b} netns {st.nodes[a - 1].namespace} type veth "
-            f"peer name m{a} netns {st.nodes[b - 1].namespace}\n"
-            for a, b in st.edges
-        )
-        run(["ip", "-batch", "-"], input=batch)
-        self._parallel(lambda n: self._links_up(n), st.nodes)
+        run(["ip", "-batch", "-"], input="".join(self._veth(a, b) for a, b in st.edges))
+        self._parallel(self._links_up, st.nodes)
         progress("cables plugged")
         self._parallel(lambda n: self._start_frr(n, sites.get(n.index, site)), st.nodes)
         progress("FRR started on every node")
+        if st.agent:
+            for n in st.nodes:
+                self.spawn(n.index, self.agent_argv(n), "agent")
+            progress("node agents started")
+
+    def _veth(self, a: int, b: int) -> str:
+        """`ip -batch` line for the cable a-b: `m<b>` in a, `m<a>` in b."""
+        na, nb = self.state.nodes[a - 1], self.state.nodes[b - 1]
+        return (f"link add name m{b} netns {na.namespace} type veth "
+                f"peer name m{a} netns {nb.namespace}\n")
+
+    def agent_argv(self, n: LabNode) -> list[str]:
+        d = self.node_dir(n)
+        return [sys.executable, "-m", "firstboot.agent", "--site", str(self.dir / "site.toml"),
+                "--frr-dir", str(d / "etc"), "--status-file", str(d / "status.json"),
+                "--identity", n.hardware, "--virtual-links",
+                "--vty-socket", str(d / "run"), "--frr-run-dir", str(d / "run"),
+                "--no-hostname", "--log", f"file {d}/frr.log informational"]
 
     def _parallel(self, fn: Callable[[LabNode], object], nodes: Iterable[LabNode]) -> None:
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
@@ -287,9 +310,7 @@ class Lab:
              *[f"{k}={v}" for k, v in values.items()]])
 
     def _links_up(self, n: LabNode) -> None:
-        cut = {ifname for ifname, peer in n.links.items()
-               if (min(n.index, peer), max(n.index, peer)) in self.state.cut}
-        lines = [f"link set dev {ifname} up\n" for ifname in n.links if ifname not in cut]
+        lines = [f"link set dev {ifname} up\n" for ifname in n.links]
         if lines:
             run(["ip", "-n", n.namespace, "-batch", "-"], input="".join(lines))
 
@@ -299,9 +320,12 @@ class Lab:
         /etc/frr (ospf6d keeps state at fixed paths there); then the rendered
         integrated config is applied the way FRR's init does, with vtysh -b."""
         d = self.node_dir(n)
-        conf = render_frr_conf(site, n.identity, list(n.links),
-                               log=f"log file {d}/frr.log informational")
-        (d / "etc" / "frr.conf").write_text(conf)
+        conf = d / "etc" / "frr.conf"
+        if not self.state.agent:
+            conf.write_text(render_frr_conf(site, n.identity, list(n.links),
+                                            log=f"log file {d}/frr.log informational"))
+        elif not conf.exists():  # the agent writes the real one
+            conf.write_text(f"frr defaults traditional\nlog file {d}/frr.log informational\n")
         (d / "etc" / "vtysh.conf").write_text("service integrated-vtysh-config\n")
         for f in ("frr.conf", "vtysh.conf"):
             shutil.chown(d / "etc" / f, "frr", "frr")
@@ -362,21 +386,33 @@ class Lab:
         return n
 
     def cut(self, a: str | int, b: str | int) -> None:
-        self._cable(a, b, "down")
+        """Pull the cable a-b out: both NICs go away, as a USB NIC would."""
+        na, nb = self.node(a), self.node(b)
+        edge = (min(na.index, nb.index), max(na.index, nb.index))
+        if edge not in self.state.edges or edge in self.state.cut:
+            raise LabError(f"there is no cable between {na.name} and {nb.name}")
+        run(["ip", "-n", na.namespace, "link", "del", "dev", na.link_to(nb.index)])
+        self.state.cut.append(edge)
+        self._save()
 
     def plug(self, a: str | int, b: str | int) -> None:
-        self._cable(a, b, "up")
-
-    def _cable(self, a: str | int, b: str | int, how: str) -> None:
+        """Plug a cable a-b in: back where one was cut, or a new one between running nodes."""
         na, nb = self.node(a), self.node(b)
-        ia, ib = na.link_to(nb.index), nb.link_to(na.index)
-        run(["ip", "-n", na.namespace, "link", "set", "dev", ia, how])
-        run(["ip", "-n", nb.namespace, "link", "set", "dev", ib, how])
+        if na.index == nb.index:
+            raise LabError("a cable needs two different nodes")
         edge = (min(na.index, nb.index), max(na.index, nb.index))
-        if how == "down" and edge not in self.state.cut:
-            self.state.cut.append(edge)
-        elif how == "up" and edge in self.state.cut:
+        if edge in self.state.edges and edge not in self.state.cut:
+            raise LabError(f"{na.name} and {nb.name} are already cabled")
+        run(["ip", "-batch", "-"], input=self._veth(na.index, nb.index))
+        na.links[f"m{nb.index}"] = nb.index
+        nb.links[f"m{na.index}"] = na.index
+        for n in (na, nb):
+            run(["ip", "-n", n.namespace, "link", "set", "dev", n.link_to(
+                (nb if n is na else na).index), "up"])
+        if edge in self.state.cut:
             self.state.cut.remove(edge)
+        else:
+            self.state.edges.append(edge)
         self._save()
 
     # --- looking at it

@@ -1,0 +1,1 @@
+"""The node agent and what it runs on every boot: identity, links, FRR, status."""

@@ -1,0 +1,308 @@
+"""The node agent: from hardware identity to a routing mesh node, on every boot.
+
+One loop, a few small controllers (Talos-style), each reconciling desired state
+into the kernel or FRR and reporting, never blocking the others:
+  identity   node id, hostname, loopback /128 on lo, forwarding on
+  links      every physical NIC not marked not-mesh: up, link-local only, no RAs
+  frr        frr.conf rendered by mesh.frr for the current links; applied with
+             frr-reload.py, so a new cable joins OSPFv3 without touching the
+             other adjacencies
+  observe    adjacencies, routes, the link-state database; identity conflicts
+  status     one status file, stage changes to the journal and console
+
+Safe to rerun and to restart: everything is derived again from the hardware,
+the site and the kernel; nothing is remembered but the status it last wrote.
+Netlink link/address events wake the loop; otherwise it runs once a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from firstboot import hardware, status
+from firstboot.status import LinkStatus, NodeStatus, Stage
+from firstboot.systemd import log, notify, watchdog_interval
+from mesh import plan
+from mesh.frr import render_frr_conf
+from mesh.plan import HardwareIdentity, NodeIdentity
+from mesh.site import Site, load_site
+
+FRR_RELOAD = "/usr/lib/frr/frr-reload.py"
+# The own Router-LSA is re-originated at most every few seconds in a sane mesh;
+# a node fighting another with the same router-id re-originates it constantly.
+LSA_WAR_WINDOW = 10.0
+LSA_WAR_BUMPS = 20
+
+
+@dataclass(frozen=True)
+class Options:
+    site_file: Path
+    frr_dir: Path  # where frr.conf is written (/etc/frr resolves there in the image)
+    status_file: Path
+    sysfs: Path = Path("/sys")
+    identity: HardwareIdentity | None = None  # override (lab nodes have no DMI)
+    virtual_links: bool = False  # lab: veth cables count as mesh links
+    not_mesh: tuple[str, ...] = ()  # besides the site's (e.g. from a credential)
+    vty_socket: Path | None = None
+    frr_run_dir: Path | None = None
+    set_hostname: bool = True
+    log_file: str = "syslog informational"
+
+
+class Agent:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.site: Site = load_site(opts.site_file)
+        ident = opts.identity or hardware.identity(opts.sysfs)
+        self.hw = ident
+        self.node: NodeIdentity = plan.derive(ident, self.site.mesh.ula)
+        self.applied_links: tuple[str, ...] | None = None
+        self.stage = Stage.BOOTING
+        self.own_lsa_seq: deque[tuple[float, int]] = deque()
+        self.errors: dict[str, str] = {}
+        self.ipr = IPRoute()
+
+    # --- controllers
+
+    def reconcile_identity(self) -> None:
+        if self.opts.set_hostname and socket.gethostname() != self.node.hostname:
+            socket.sethostname(self.node.hostname)
+        _sysctl("net/ipv6/conf/all/forwarding", "1")
+        _sysctl("net/ipv4/ip_forward", "1")
+        lo = self.ipr.link_lookup(ifname="lo")[0]
+        have = {a.get("IFA_ADDRESS") for a in self.ipr.get_addr(index=lo, family=socket.AF_INET6)}
+        if str(self.node.loopback) not in have:
+            self.ipr.addr("add", index=lo, address=str(self.node.loopback), prefixlen=128)
+
+    def mesh_links(self) -> tuple[str, ...]:
+        nics = hardware.nics(self.opts.sysfs)
+        excluded = (*self.site.mesh.not_mesh, *self.opts.not_mesh, *_credential_not_mesh())
+        return tuple(hardware.mesh_links(nics, excluded, physical_only=not self.opts.virtual_links))
+
+    def reconcile_links(self, links: tuple[str, ...]) -> None:
+        for name in links:
+            # Link-local only: no SLAAC address, no default route from RAs.
+            _sysctl(f"net/ipv6/conf/{name}/accept_ra", "0")
+            _sysctl(f"net/ipv6/conf/{name}/autoconf", "0")
+            _sysctl(f"net/ipv6/conf/{name}/forwarding", "1")
+            idx = self.ipr.link_lookup(ifname=name)
+            if idx and not self.ipr.get_links(idx[0])[0]["flags"] & 1:  # IFF_UP
+                self.ipr.link("set", index=idx[0], state="up")
+
+    def reconcile_frr(self, links: tuple[str, ...]) -> None:
+        if links == self.applied_links:
+            return
+        conf = render_frr_conf(self.site, self.node, links, log=f"log {self.opts.log_file}")
+        path = self.opts.frr_dir / "frr.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".frr.conf.new")
+        tmp.write_text(conf)
+        tmp.chmod(0o640)  # it holds the OSPF key
+        _chown_frr(tmp)
+        tmp.replace(path)
+        if self._frr_running():
+            cmd = [FRR_RELOAD, "--reload", "--confdir", str(self.opts.frr_dir), str(path)]
+            if self.opts.vty_socket:
+                cmd += ["--vty_socket", str(self.opts.vty_socket)]
+            if self.opts.frr_run_dir:
+                cmd += ["--rundir", str(self.opts.frr_run_dir)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+            if r.returncode != 0:
+                raise RuntimeError(f"frr-reload failed: {(r.stderr or r.stdout).strip()[-300:]}")
+        # else frr.service starts later and reads the file itself
+        old = set(self.applied_links or ())
+        self.applied_links = links
+        log(f"mesh links: {', '.join(links) or 'none'}"
+            f" (+{len(set(links) - old)} -{len(old - set(links))})", links=",".join(links))
+
+    def _frr_running(self) -> bool:
+        return self._vtysh("show version") is not None
+
+    def _vtysh(self, command: str) -> str | None:
+        cmd = ["vtysh"]
+        if self.opts.vty_socket:
+            cmd += ["--vty_socket", str(self.opts.vty_socket)]
+        try:
+            r = subprocess.run([*cmd, "-c", command], capture_output=True, text=True,
+                               timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    def _vtysh_json(self, command: str) -> dict[str, Any]:
+        out = self._vtysh(command)
+        try:
+            data: dict[str, Any] = json.loads(out) if out else {}
+        except json.JSONDecodeError:
+            data = {}
+        return data
+
+    def observe(self, links: tuple[str, ...]) -> NodeStatus:
+        neighbours = {n.get("interfaceName"): n for n in
+                      self._vtysh_json("show ipv6 ospf6 neighbor json").get("neighbors", [])}
+        link_status = []
+        for name in links:
+            n = neighbours.get(name, {})
+            link_status.append(LinkStatus(name, _carrier(self.opts.sysfs, name),
+                                          n.get("neighborId", ""), n.get("state", "")))
+        db = self._vtysh_json("show ipv6 ospf6 database router json")
+        lsas = [x for area in db.get("areaScopedLinkStateDb", []) for x in area.get("lsa", [])]
+        me = str(self.node.router_id)
+        routers = {x["advRouter"] for x in lsas} - {me}
+        own_seq = max((x["seqNum"] for x in lsas if x["advRouter"] == me), default=None)
+        conflicts = self._lsa_war(own_seq)
+        loops = plan.loopback_subnet(self.site.mesh.ula)
+        routed = {
+            r.get_attr("RTA_DST") for r in self.ipr.get_routes(family=socket.AF_INET6)
+            if r["dst_len"] == 128 and r.get_attr("RTA_DST")
+            and ipaddress.IPv6Address(r.get_attr("RTA_DST")) in loops
+            and r.get_attr("RTA_DST") != str(self.node.loopback)
+            and r["proto"] != 2  # not kernel-local
+        }
+        stage = status.stage_of(tuple(link_status), len(routers), len(routed))
+        return NodeStatus(
+            node_id=self.node.node_id, hostname=self.node.hostname, identity=str(self.hw),
+            loopback=str(self.node.loopback), router_id=me, stage=stage,
+            links=tuple(link_status), known_nodes=len(routers), routes_to=len(routed),
+            conflicts=conflicts, errors=tuple(f"{k}: {v}" for k, v in self.errors.items()),
+        )
+
+    def _lsa_war(self, own_seq: int | None) -> tuple[str, ...]:
+        now = time.monotonic()
+        if own_seq is not None:
+            self.own_lsa_seq.append((now, own_seq))
+        while self.own_lsa_seq and now - self.own_lsa_seq[0][0] > LSA_WAR_WINDOW:
+            self.own_lsa_seq.popleft()
+        if len(self.own_lsa_seq) >= 2:
+            bumps = self.own_lsa_seq[-1][1] - self.own_lsa_seq[0][1]
+            if bumps > LSA_WAR_BUMPS:
+                return (f"another node uses router-id {self.node.router_id}: this node's "
+                        f"Router-LSA was re-originated {bumps} times in "
+                        f"{self.own_lsa_seq[-1][0] - self.own_lsa_seq[0][0]:.0f} s; its "
+                        f"hardware identity ({self.hw}) is probably duplicated",)
+        return ()
+
+    # --- the loop
+
+    def step(self) -> NodeStatus:
+        for name, controller in (("identity", self.reconcile_identity),):
+            self._guard(name, controller)
+        links = self.mesh_links()
+        self._guard("links", lambda: self.reconcile_links(links))
+        self._guard("frr", lambda: self.reconcile_frr(links))
+        st = self.observe(links)
+        if st.stage != self.stage:
+            log(f"kubermesh: stage {self.stage} -> {st.stage} ({st.routes_to}/{st.known_nodes}"
+                " nodes routed)", "notice", stage=str(st.stage))
+            self.stage = st.stage
+        for c in st.conflicts:
+            log(f"kubermesh: CONFLICT: {c}", "error", conflict=c)
+        status.write(st, self.opts.status_file)
+        return st
+
+    def _guard(self, name: str, fn: Any) -> None:
+        try:
+            fn()
+        except Exception as e:  # reported and retried next round; others go on
+            if self.errors.get(name) != str(e):
+                log(f"kubermesh: {name}: {e}", "error", controller=name)
+            self.errors[name] = str(e)
+        else:
+            self.errors.pop(name, None)
+
+    def run(self) -> None:
+        log(f"kubermesh agent: {self.node.hostname} {self.node.loopback} "
+            f"router-id {self.node.router_id} (from {self.hw})", node_id=self.node.node_id)
+        self.ipr.bind()  # link and address events wake the loop
+        ping = watchdog_interval()
+        st = self.step()
+        notify(READY="1", STATUS=str(st.stage))
+        while True:
+            ready, _, _ = select.select([self.ipr], [], [], min(1.0, ping or 1.0))
+            if ready:
+                self.ipr.get()  # drain; the state is read afresh below
+                time.sleep(0.1)  # a cable plug is a burst of events: take them together
+            st = self.step()
+            notify(WATCHDOG="1", STATUS=f"{st.stage}: {st.routes_to}/{st.known_nodes} routed")
+
+
+def _credential_not_mesh() -> list[str]:
+    """NICs the machine's owner marked as not mesh, e.g. a management NIC, passed as
+    the systemd credential kubermesh.not_mesh (SMBIOS type 11 under QEMU)."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return []
+    try:
+        return (Path(directory) / "kubermesh.not_mesh").read_text().split()
+    except OSError:
+        return []
+
+
+def _sysctl(key: str, value: str) -> None:
+    path = Path("/proc/sys") / key
+    if path.read_text().strip() != value:
+        path.write_text(value)
+
+
+def _carrier(sysfs: Path, name: str) -> bool:
+    try:
+        return (sysfs / "class" / "net" / name / "carrier").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def _chown_frr(path: Path) -> None:
+    # Without an frr user (unit tests) the file stays root's.
+    with contextlib.suppress(LookupError, PermissionError):
+        shutil.chown(path, "frr", "frr")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kubermesh agent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--site", type=Path, default=Path("/etc/kubermesh/site.toml"))
+    p.add_argument("--frr-dir", type=Path, default=Path("/etc/frr"))
+    p.add_argument("--status-file", type=Path, default=status.STATUS_FILE)
+    p.add_argument("--identity", help="kind:value, e.g. mac:02:00:00:00:00:01 (lab)")
+    p.add_argument("--virtual-links", action="store_true", help="veths are mesh links (lab)")
+    p.add_argument("--not-mesh", action="append", default=[], help="NIC name or MAC glob")
+    p.add_argument("--vty-socket", type=Path)
+    p.add_argument("--frr-run-dir", type=Path)
+    p.add_argument("--no-hostname", action="store_true", help="leave the hostname alone")
+    p.add_argument("--log", default="syslog informational", help="FRR's log target")
+    p.add_argument("--once", action="store_true", help="one round, then exit")
+    a = p.parse_args(argv)
+    ident = None
+    if a.identity:
+        kind, _, value = a.identity.partition(":")
+        ident = HardwareIdentity(kind, value)
+    agent = Agent(Options(
+        site_file=a.site, frr_dir=a.frr_dir, status_file=a.status_file, identity=ident,
+        virtual_links=a.virtual_links, not_mesh=tuple(a.not_mesh), vty_socket=a.vty_socket,
+        frr_run_dir=a.frr_run_dir, set_hostname=not a.no_hostname, log_file=a.log,
+    ))
+    if a.once:
+        agent.step()
+        return 0
+    agent.run()
+    return 0
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""What the node is and which NICs it has, read from sysfs (the only side effect here)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.plan import HardwareIdentity
+
+# net_device addr_assign_type: 0 is NET_ADDR_PERM, the address burnt into the NIC.
+NET_ADDR_PERM = "0"
+
+
+@dataclass(frozen=True)
+class Nic:
+    name: str
+    mac: str
+    physical: bool  # backed by a device (PCI, USB, virtio), not veth/bridge/tun
+    permanent: bool
+
+
+def nics(sysfs: Path = Path("/sys")) -> list[Nic]:
+    found = []
+    for d in sorted((sysfs / "class" / "net").iterdir()):
+        if d.name == "lo":
+            continue
+        found.append(Nic(
+            name=d.name,
+            mac=_read(d / "address").lower(),
+            physical=(d / "device").exists(),
+            permanent=_read(d / "addr_assign_type") == NET_ADDR_PERM,
+        ))
+    return found
+
+
+def identity(sysfs: Path = Path("/sys")) -> HardwareIdentity:
+    """DMI product UUID where real, else the lowest permanent MAC of a physical NIC."""
+    uuid = _read(sysfs / "class" / "dmi" / "id" / "product_uuid")
+    macs = [n.mac for n in nics(sysfs) if n.physical and n.permanent]
+    return HardwareIdentity.choose(uuid, macs)
+
+
+def mesh_links(all_nics: Iterable[Nic], not_mesh: Iterable[str],
+               physical_only: bool = True) -> list[str]:
+    """Every physical NIC except those matching a not-mesh glob."""
+    excluded = list(not_mesh)
+    return sorted(
+        n.name for n in all_nics
+        if (n.physical or not physical_only)
+        and not any(fnmatch.fnmatchcase(n.name, g) or fnmatchcase_mac(n.mac, g) for g in excluded)
+    )
+
+
+def fnmatchcase_mac(mac: str, pattern: str) -> bool:
+    """A not-mesh entry may also name a NIC by MAC address (stable across renames)."""
+    return ":" in pattern and fnmatch.fnmatchcase(mac, pattern.lower())
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""

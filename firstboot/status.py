@@ -1,0 +1,106 @@
+"""A node's one status: what it is, its links, and the stage it has reached.
+
+The agent writes it (`write`), `kubermesh status` reads it (`read`, `render`).
+Stages are ordered; later issues add anycast, kubelet and ready after routes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = Path("/run/kubermesh/status.json")
+
+
+class Stage(IntEnum):
+    BOOTING = 0
+    LINKS = 1  # at least one mesh link has carrier
+    ADJACENCIES = 2  # at least one Full OSPFv3 adjacency
+    ROUTES = 3  # a route to every other node in the link-state database
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    name: str
+    carrier: bool
+    neighbour: str = ""  # router-id of the OSPFv3 neighbour on it
+    state: str = ""  # its adjacency state (Full, ExStart, ...)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    hostname: str
+    identity: str
+    loopback: str
+    router_id: str
+    stage: Stage
+    links: tuple[LinkStatus, ...] = ()
+    known_nodes: int = 0  # other routers in the OSPFv3 link-state database
+    routes_to: int = 0  # of their loopbacks, how many have a kernel route
+    conflicts: tuple[str, ...] = ()
+    errors: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stage"] = str(self.stage)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NodeStatus:
+        d = dict(d)
+        d["stage"] = Stage[d["stage"].upper()]
+        d["links"] = tuple(LinkStatus(**x) for x in d["links"])
+        d["conflicts"] = tuple(d["conflicts"])
+        d["errors"] = tuple(d["errors"])
+        return cls(**d)
+
+
+def stage_of(links: tuple[LinkStatus, ...], known_nodes: int, routes_to: int) -> Stage:
+    """The furthest stage the facts support (pure)."""
+    if not any(link.carrier for link in links):
+        return Stage.BOOTING
+    if not any(link.state == "Full" for link in links):
+        return Stage.LINKS
+    if known_nodes == 0 or routes_to < known_nodes:
+        return Stage.ADJACENCIES
+    return Stage.ROUTES
+
+
+def write(status: NodeStatus, path: Path = STATUS_FILE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(status.to_json(), indent=1))
+    tmp.replace(path)
+
+
+def read(path: Path = STATUS_FILE) -> NodeStatus:
+    return NodeStatus.from_json(json.loads(path.read_text()))
+
+
+def render(s: NodeStatus) -> str:
+    """For people: identity, links and neighbours, routing, stage."""
+    lines = [
+        f"node      {s.hostname} (id {s.node_id}, from {s.identity})",
+        f"loopback  {s.loopback}",
+        f"router-id {s.router_id}",
+        f"stage     {s.stage}",
+        f"routes    to {s.routes_to} of {s.known_nodes} other nodes",
+        "links",
+    ]
+    for link in s.links:
+        carrier = "up" if link.carrier else "no carrier"
+        peer = f"neighbour {link.neighbour} {link.state}" if link.neighbour else "no neighbour"
+        lines.append(f"  {link.name:<16}{carrier:<12}{peer}")
+    if not s.links:
+        lines.append("  (no mesh links)")
+    lines += [f"CONFLICT  {c}" for c in s.conflicts]
+    lines += [f"error     {e}" for e in s.errors]
+    return "\n".join(lines)
