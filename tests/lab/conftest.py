@@ -23,11 +23,11 @@ def _factory() -> Iterator[LabFactory]:
     made: list[Lab] = []
 
     def make(spec: str, site_file: Path | None = None, sites: dict[int, Site] | None = None,
-             wait: bool = True) -> Lab:
+             wait: bool = True, agent: bool = False, twins: dict[int, int] | None = None) -> Lab:
         lab = Lab(unique_name())
         made.append(lab)
         topo = parse(spec)
-        lab.up(topo, site_file=site_file, sites=sites)
+        lab.up(topo, site_file=site_file, sites=sites, agent=agent, twins=twins)
         if wait:
             lab.wait_converged(timeout=60 + topo.nodes)
         return lab
