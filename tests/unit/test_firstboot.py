@@ -1,0 +1,100 @@
+"""The node agent's pure parts and its edges: sysfs, status, systemd protocols."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from firstboot import hardware, systemd
+from firstboot.status import LinkStatus, NodeStatus, Stage, read, render, stage_of, write
+from mesh.plan import HardwareIdentity
+
+
+def fake_nic(sysfs: Path, name: str, mac: str, physical: bool = True, perm: bool = True,
+             carrier: bool = True) -> None:
+    d = sysfs / "class" / "net" / name
+    d.mkdir(parents=True)
+    (d / "address").write_text(mac + "\n")
+    (d / "addr_assign_type").write_text("0\n" if perm else "3\n")
+    (d / "carrier").write_text("1\n" if carrier else "0\n")
+    if physical:
+        (d / "device").mkdir()
+
+
+@pytest.fixture
+def sysfs(tmp_path: Path) -> Path:
+    fake_nic(tmp_path, "lo", "00:00:00:00:00:00", physical=False)
+    fake_nic(tmp_path, "enp1s0", "52:54:00:00:00:22")
+    fake_nic(tmp_path, "enp2s0", "52:54:00:00:00:11")
+    fake_nic(tmp_path, "mgmt0", "52:54:00:00:00:01")
+    fake_nic(tmp_path, "veth0", "0a:00:00:00:00:01", physical=False, perm=False)
+    fake_nic(tmp_path, "usb0", "02:00:00:00:00:99", perm=False)  # random MAC: not identity
+    return tmp_path
+
+
+def test_identity_from_dmi_else_lowest_permanent_physical_mac(sysfs: Path) -> None:
+    assert hardware.identity(sysfs) == HardwareIdentity("mac", "52:54:00:00:00:01")
+    dmi = sysfs / "class" / "dmi" / "id"
+    dmi.mkdir(parents=True)
+    (dmi / "product_uuid").write_text("03000200-0400-0500-0006-000700080009\n")  # bogus
+    assert hardware.identity(sysfs).kind == "mac"
+    (dmi / "product_uuid").write_text("9A3F0E1C-1111-4C2B-8D3E-0123456789AB\n")
+    assert hardware.identity(sysfs) == HardwareIdentity("dmi",
+                                                        "9a3f0e1c-1111-4c2b-8d3e-0123456789ab")
+
+
+def test_mesh_links_are_physical_nics_minus_not_mesh(sysfs: Path) -> None:
+    nics = hardware.nics(sysfs)
+    assert hardware.mesh_links(nics, []) == ["enp1s0", "enp2s0", "mgmt0", "usb0"]
+    assert hardware.mesh_links(nics, ["mgmt*"]) == ["enp1s0", "enp2s0", "usb0"]
+    assert hardware.mesh_links(nics, ["52:54:00:00:00:1?"]) == ["enp1s0", "mgmt0", "usb0"]
+    assert "veth0" in hardware.mesh_links(nics, [], physical_only=False)
+
+
+def link(name: str, carrier: bool = True, state: str = "") -> LinkStatus:
+    return LinkStatus(name, carrier, "10.0.0.1" if state else "", state)
+
+
+def test_stages() -> None:
+    assert stage_of((), 0, 0) == Stage.BOOTING
+    assert stage_of((link("a", carrier=False),), 0, 0) == Stage.BOOTING
+    assert stage_of((link("a"),), 0, 0) == Stage.LINKS
+    assert stage_of((link("a", state="ExStart"),), 0, 0) == Stage.LINKS
+    assert stage_of((link("a", state="Full"),), 3, 2) == Stage.ADJACENCIES
+    assert stage_of((link("a", state="Full"), link("b")), 3, 3) == Stage.ROUTES
+
+
+def test_status_round_trip_and_render(tmp_path: Path) -> None:
+    st = NodeStatus("ab" * 8, "km-abababababab", "mac:52:54:00:00:00:01", "fd00::1",
+                    "10.1.2.3", Stage.ADJACENCIES, (link("enp1s0", state="Full"),
+                                                    link("enp2s0", carrier=False)),
+                    known_nodes=3, routes_to=2, conflicts=("another node uses router-id x",))
+    write(st, tmp_path / "s.json")
+    assert read(tmp_path / "s.json") == st
+    text = render(st)
+    assert "stage     adjacencies" in text and "routes    to 2 of 3" in text
+    assert "enp2s0" in text and "no carrier" in text and "CONFLICT" in text
+
+
+def test_sd_notify_and_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert systemd.notify(READY="1") is False
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert systemd.notify(READY="1", STATUS="links")
+        assert server.recv(4096) == b"READY=1\nSTATUS=links"
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert systemd.watchdog_interval() == 5.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    assert systemd.watchdog_interval() is None
+
+
+def test_journal_fields() -> None:
+    assert systemd._field("A", "b") == b"A=b\n"
+    assert systemd._field("A", "x\ny") == b"A\n" + (3).to_bytes(8, "little") + b"x\ny\n"
