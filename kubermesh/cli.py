@@ -89,6 +89,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--site", type=Path, help="site file (default: a fresh one)")
     up.add_argument("--timeout", type=float, help="seconds to wait for convergence")
     up.add_argument("--no-wait", action="store_true", help="do not wait for convergence")
+    up.add_argument("--agent", action="store_true",
+                    help="run the node agent in every node to configure FRR, as in the image")
     up.set_defaults(func=lab_up)
     st = cmd("status", "adjacencies and routes of every node")
     st.add_argument("--json", action="store_true")
@@ -155,7 +157,7 @@ def lab_up(args: argparse.Namespace) -> None:
         sitefile.load_site(args.site)
     lab = _lab(args)
     with step(f"Creating lab {lab.name!r}: {topo.spec}"):
-        lab.up(topo, args.site, progress=lambda m: say(f"  {m}"))
+        lab.up(topo, args.site, progress=lambda m: say(f"  {m}"), agent=args.agent)
     if not args.no_wait:
         timeout = args.timeout or 30 + topo.nodes
         with step("Waiting for every node to route to every other"):
