@@ -179,6 +179,7 @@ class Agent:
             node_id=self.node.node_id, hostname=self.node.hostname, identity=str(self.hw),
             loopback=str(self.node.loopback), router_id=me, stage=stage,
             links=tuple(link_status), known_nodes=len(routers), routes_to=len(routed),
+            known=tuple(sorted(routers)), routed=tuple(sorted(routed)),
             conflicts=conflicts, errors=tuple(f"{k}: {v}" for k, v in self.errors.items()),
         )
 

@@ -45,6 +45,8 @@ class NodeStatus:
     links: tuple[LinkStatus, ...] = ()
     known_nodes: int = 0  # other routers in the OSPFv3 link-state database
     routes_to: int = 0  # of their loopbacks, how many have a kernel route
+    known: tuple[str, ...] = ()  # their router-ids
+    routed: tuple[str, ...] = ()  # the other nodes' loopbacks this node routes to
     conflicts: tuple[str, ...] = ()
     errors: tuple[str, ...] = field(default=())
 
@@ -58,7 +60,8 @@ class NodeStatus:
         d = dict(d)
         d["stage"] = Stage[d["stage"].upper()]
         d["links"] = tuple(LinkStatus(**x) for x in d["links"])
-        d["conflicts"] = tuple(d["conflicts"])
+        for key in ("known", "routed", "conflicts"):
+            d[key] = tuple(d[key])
         d["errors"] = tuple(d["errors"])
         return cls(**d)
 

@@ -55,6 +55,9 @@ def test_agents_configure_the_mesh(make_lab: LabFactory) -> None:
     for n in range(1, 6):
         st = node_status(lab, n)
         assert st.known_nodes == 4 and st.routes_to == 4
+        others = [lab.node(m) for m in range(1, 6) if m != n]
+        assert set(st.routed) == {o.loopback for o in others}
+        assert set(st.known) == {o.router_id for o in others}
         assert sorted(link.name for link in st.links) == sorted(lab.node(n).links)
         assert all(link.carrier and link.state == "Full" for link in st.links)
         assert st.loopback == lab.node(n).loopback and st.conflicts == ()
