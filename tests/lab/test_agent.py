@@ -100,8 +100,7 @@ def test_agent_restart_recovers_without_disturbing_routing(make_lab: LabFactory)
     before = adjacency_uptime(lab, 2, 1)
     old = agent_pid(lab, 2)
     os.kill(old, signal.SIGKILL)
-    lab._spawn(lab.node(2), lab.agent_argv(lab.node(2)), "agent")  # as systemd would
-    new = agent_pid(lab, 2)
+    new = lab._spawn(lab.node(2), lab.agent_argv(lab.node(2)), "agent")  # as systemd would
     assert new != old
     log = lab.node_dir(lab.node(2)) / "agent.log"
     wait_for("the restarted agent to start", lambda: log.read_text().count("kubermesh agent:") == 2)
