@@ -28,17 +28,20 @@ STREAM = 4  # seconds of pings per trial (ping -w takes whole seconds)
 KILL_AT = 1.0
 
 
+def only_next_hop(the_lab: Lab, src: int, dst: int) -> int | None:
+    """The node src sends all its traffic for dst through, if there is one (no ECMP)."""
+    hops = the_lab.routes(src).get(IPv6Address(the_lab.node(dst).loopback), [])
+    return the_lab.node(src).links[hops[0][1]] if len(hops) == 1 else None
+
+
 def pick_trial(the_lab: Lab, rng: random.Random) -> tuple[int, int, int]:
     topo = the_lab.state.topology
     for _ in range(1000):
         src, dst = rng.sample(range(1, topo.nodes + 1), 2)
         if topo.distances(src)[dst] < 2:
             continue
-        hops = the_lab.routes(src)[IPv6Address(the_lab.node(dst).loopback)]
-        if len(hops) != 1:
-            continue  # ECMP at the source: traffic might not cross the victim
-        victim = the_lab.node(src).links[hops[0][1]]
-        if victim != dst and dst in topo.without(dead=[victim]).distances(src):
+        victim = only_next_hop(the_lab, src, dst)
+        if victim not in (None, dst) and dst in topo.without(dead=[victim]).distances(src):
             return src, dst, victim
     raise RuntimeError("no pair with a single-path transit node in this topology")
 
@@ -52,7 +55,8 @@ def outage(ping_output: str) -> float:
     return max(0.0, max(gaps) - INTERVAL)
 
 
-def trial(the_lab: Lab, src: int, dst: int, victim: int) -> float:
+def trial(the_lab: Lab, src: int, dst: int, victim: int) -> float | None:
+    """Loss in seconds, or None when the path moved off the victim before the kill."""
     target = the_lab.node(dst).loopback
     ping = subprocess.Popen(
         ["ip", "netns", "exec", the_lab.node(src).namespace, "ping", "-6", "-n", "-D",
@@ -60,6 +64,8 @@ def trial(the_lab: Lab, src: int, dst: int, victim: int) -> float:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(KILL_AT)
+        if only_next_hop(the_lab, src, dst) != victim:
+            return None
         the_lab.kill(victim)
         out, _ = ping.communicate(timeout=STREAM + 10)
     finally:
@@ -77,13 +83,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     rng = random.Random(args.seed)
-    losses = []
+    losses: list[float] = []
     with lab() as the_lab:
         the_lab.up(parse(args.topology), site_file(args.bfd_interval_ms))
         the_lab.wait_converged(120)
-        for i in range(args.trials):
+        while len(losses) < args.trials:
+            i = len(losses)
             src, dst, victim = pick_trial(the_lab, rng)
             loss = trial(the_lab, src, dst, victim)
+            if loss is None:
+                print(f"n{src} -> n{dst}: path moved off n{victim} before the kill; again")
+                continue
             losses.append(loss)
             print(f"trial {i + 1:2}: n{src} -> n{dst}, killed n{victim}: lost {loss:.3f} s",
                   flush=True)
