@@ -34,7 +34,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from firstboot import hardware, status
+from firstboot import hardware, networkd, status
 from firstboot.status import LinkStatus, NodeStatus, Stage
 from firstboot.systemd import log, notify, watchdog_interval
 from mesh import plan
@@ -62,6 +62,7 @@ class Options:
     frr_run_dir: Path | None = None
     set_hostname: bool = True
     log_file: str = "syslog informational"
+    networkd_dir: Path | None = None  # the image: /run/systemd/network; the lab: none
 
 
 class Agent:
@@ -72,6 +73,7 @@ class Agent:
         self.hw = ident
         self.node: NodeIdentity = plan.derive(ident, self.site.mesh.ula)
         self.applied_links: tuple[str, ...] | None = None
+        self.applied_networkd: dict[str, str] | None = None
         self.stage = Stage.BOOTING
         self.own_lsa_seq: deque[tuple[float, int]] = deque()
         self.errors: dict[str, str] = {}
@@ -93,6 +95,27 @@ class Agent:
         nics = hardware.nics(self.opts.sysfs)
         excluded = (*self.site.mesh.not_mesh, *self.opts.not_mesh, *_credential_not_mesh())
         return tuple(hardware.mesh_links(nics, excluded, physical_only=not self.opts.virtual_links))
+
+    def reconcile_networkd(self, links: tuple[str, ...]) -> None:
+        d = self.opts.networkd_dir
+        if d is None:
+            return
+        other = [n.name for n in hardware.nics(self.opts.sysfs)
+                 if n.physical and n.name not in links]
+        files = networkd.render(links, other)
+        if files == self.applied_networkd:
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in d.glob(f"{networkd.PREFIX}*.network"):
+            if stale.name not in files:
+                stale.unlink()
+        for name, text in files.items():
+            (d / name).write_text(text)
+        r = subprocess.run(["networkctl", "reload"], capture_output=True, text=True,
+                           timeout=30, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"networkctl reload: {r.stderr.strip()}")
+        self.applied_networkd = files
 
     def reconcile_links(self, links: tuple[str, ...]) -> None:
         for name in links:
@@ -204,6 +227,7 @@ class Agent:
         for name, controller in (("identity", self.reconcile_identity),):
             self._guard(name, controller)
         links = self.mesh_links()
+        self._guard("networkd", lambda: self.reconcile_networkd(links))
         self._guard("links", lambda: self.reconcile_links(links))
         self._guard("frr", lambda: self.reconcile_frr(links))
         st = self.observe(links)
@@ -286,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frr-run-dir", type=Path)
     p.add_argument("--no-hostname", action="store_true", help="leave the hostname alone")
     p.add_argument("--log", default="syslog informational", help="FRR's log target")
+    p.add_argument("--networkd-dir", type=Path,
+                   help="write systemd-networkd files here (the image: /run/systemd/network)")
     p.add_argument("--once", action="store_true", help="one round, then exit")
     a = p.parse_args(argv)
     ident = None
@@ -296,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         site_file=a.site, frr_dir=a.frr_dir, status_file=a.status_file, identity=ident,
         virtual_links=a.virtual_links, not_mesh=tuple(a.not_mesh), vty_socket=a.vty_socket,
         frr_run_dir=a.frr_run_dir, set_hostname=not a.no_hostname, log_file=a.log,
+        networkd_dir=a.networkd_dir,
     ))
     if a.once:
         agent.step()

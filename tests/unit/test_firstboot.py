@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from firstboot import hardware, systemd
+from firstboot import hardware, networkd, systemd
 from firstboot.status import LinkStatus, NodeStatus, Stage, read, render, stage_of, write
 from mesh.plan import HardwareIdentity
 
@@ -98,3 +98,12 @@ def test_sd_notify_and_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_journal_fields() -> None:
     assert systemd._field("A", "b") == b"A=b\n"
     assert systemd._field("A", "x\ny") == b"A\n" + (3).to_bytes(8, "little") + b"x\ny\n"
+
+
+def test_networkd_files() -> None:
+    files = networkd.render(["enp1s0"], ["mgmt0"])
+    mesh = files["40-kubermesh-mesh-enp1s0.network"]
+    assert "Name=enp1s0" in mesh and "IPv6AcceptRA=no" in mesh and "DHCP=no" in mesh
+    assert "LinkLocalAddressing=ipv6" in mesh
+    assert "DHCP=yes" in files["40-kubermesh-other-mgmt0.network"]
+    assert len(files) == 2
