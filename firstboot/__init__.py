@@ -1,0 +1,1 @@
+"""The node agent: the programs a Kubermesh node runs (overlay, anycast, kubelet wiring)."""
