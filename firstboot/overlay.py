@@ -83,7 +83,7 @@ def route_hops(route: Any) -> Hops:
     hops = []
     multipath = _attr(route, "RTA_MULTIPATH")
     for h in multipath if multipath else [route]:
-        oif = h["oif"] if h.get("oif") else _attr(h, "RTA_OIF")
+        oif = h.get("oif") or _attr(h, "RTA_OIF")
         gw = _attr(h, "RTA_GATEWAY")
         via = _attr(h, "RTA_VIA")
         if gw is None and via is not None and via["family"] == socket.AF_INET6:
@@ -287,7 +287,11 @@ class Overlay:
 
     def run(self, watch: NetlinkWatch) -> None:
         while True:
-            self.reconcile()
+            try:
+                self.reconcile()
+            except Exception as e:  # a bug or a kernel surprise: say so, try again
+                log.exception("reconcile failed")
+                self._failed("reconcile", e)
             waiting = self.block is None
             watch.wait(RETRY if self.failures or waiting else None)
 
