@@ -118,22 +118,34 @@ def test_every_node_routes_every_other_block(lab: Lab) -> None:
 
 
 def test_ecmp_paths_are_kept(lab: Lab) -> None:
-    """The IPv4 route to a block has one next hop per neighbour on a shortest path."""
+    """Each IPv4 route has every next hop of the underlay's route to the block's claim
+    (checked exactly by overlay_problems), all of them on shortest paths, and the
+    mesh's equal-cost paths show up as multipath IPv4 routes.
+
+    FRR 8.4's ospf6d itself misses an equal-cost next hop for a few destinations
+    (fixed upstream by FRR PR #13297, in 9.0), so the full set of shortest-path
+    neighbours is not required, only found in most multipath cases.
+    """
+    assert overlay_problems(lab) == []
     topo = lab.state.topology
     have = blocks(lab)
     dist = {a: topo.distances(a) for a in range(1, topo.nodes + 1)}
-    multi = 0
+    multi = full = 0
     for a in range(1, topo.nodes + 1):
         v4 = kernel_routes(lab, a, "4", proto="77")
         for b, block in have.items():
             if b == a:
                 continue
-            want = sorted(f"m{m}" for m in topo.neighbours(a) if dist[m][b] == dist[a][b] - 1)
-            got = sorted(dev for _, dev in v4[str(block)].hops)
-            assert got == want, f"n{a} -> n{b} ({block})"
-            assert all(gw.startswith("fe80:") for gw, _ in v4[str(block)].hops)
-            multi += len(want) > 1
-    assert multi > 0, "the topology should have given some ECMP routes"
+            shortest = {f"m{m}" for m in topo.neighbours(a) if dist[m][b] == dist[a][b] - 1}
+            hops = v4[str(block)].hops
+            got = {dev for _, dev in hops}
+            assert got <= shortest, f"n{a} -> n{b} ({block}) off the shortest paths"
+            assert all(gw.startswith("fe80:") for gw, _ in hops)
+            if len(shortest) > 1:
+                multi += len(got) > 1
+                full += got == shortest
+    assert multi > 0, "the topology's equal-cost paths gave no multipath IPv4 route"
+    assert multi >= full > 0
 
 
 def test_pods_three_or_more_hops_apart_ping_over_ipv4(lab: Lab) -> None:
@@ -160,10 +172,7 @@ def test_pods_three_or_more_hops_apart_ping_over_ipv4(lab: Lab) -> None:
 
 def test_restart_keeps_the_block(lab: Lab) -> None:
     before = blocks(lab)[7]
-    lab.stop_agent(7, "overlay")
-    lab.start_agent(7, "overlay")
-    wait_for("n7's agent to be ready again", lambda: [] if "ready: pod block" in
-             _log(lab, 7).rsplit("router-id", 1)[-1] else ["not ready"], timeout=30)
+    restart_overlay(lab, 7)
     assert blocks(lab)[7] == before
     assert overlay_problems(lab) == []
 
@@ -173,9 +182,8 @@ def test_two_nodes_forced_to_one_block_end_distinct(lab: Lab) -> None:
     # x, the lower router-id, is restarted remembering y's block: y must move.
     x, y = sorted((3, 12), key=lambda n: IPv4Address(lab.node(n).router_id))
     contested = have[y]
-    lab.stop_agent(x, "overlay")
-    (lab.node_dir(lab.node(x)) / "overlay.json").write_text(json.dumps({"block": str(contested)}))
-    lab.start_agent(x, "overlay")
+    state = lab.node_dir(lab.node(x)) / "overlay.json"
+    restart_overlay(lab, x, lambda: state.write_text(json.dumps({"block": str(contested)})))
     wait_for("the collision to resolve", lambda: overlay_problems(lab), timeout=60)
     after = blocks(lab)
     assert after[x] == contested  # the lower router-id keeps it
@@ -196,6 +204,17 @@ def test_dead_node_block_is_unrouted_and_comes_back(lab: Lab) -> None:
     wait_for("the revived node's block to be routed again", lambda: overlay_problems(lab),
              timeout=60)
     assert blocks(lab)[victim] == block  # remembered across the "reboot"
+
+
+def restart_overlay(lab: Lab, n: int, meanwhile: Callable[[], object] = lambda: None) -> None:
+    """Stop n's overlay agent, run `meanwhile`, start it, wait until it says it is ready."""
+    lab.stop_agent(n, "overlay")
+    meanwhile()
+    readies = _log(lab, n).count("ready: pod block")
+    lab.start_agent(n, "overlay")
+    wait_for(f"n{n}'s overlay agent to be ready again",
+             lambda: [] if _log(lab, n).count("ready: pod block") > readies else ["not yet"],
+             timeout=30)
 
 
 def _log(lab: Lab, n: int) -> str:
