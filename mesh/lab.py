@@ -343,15 +343,16 @@ class Lab:
         n.pids[name] = proc.pid
         return proc.pid
 
-    def stop_agent(self, ref: str | int, name: str, timeout: float = 10) -> None:
-        """End one agent of a node (SIGTERM, then SIGKILL after `timeout`), by the PID
+    def stop_agent(self, ref: str | int, name: str, timeout: float = 10,
+                   sig: signal.Signals = signal.SIGTERM) -> None:
+        """End one agent of a node (`sig`, then SIGKILL after `timeout`), by the PID
         the lab started it with; the node and its other processes go on."""
         n = self.node(ref)
         pid = n.pids.get(name)
         if pid is None or pid not in self._pids(n.namespace):
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            _signal([pid], sig)
+        for s, wait in ((sig, timeout), (signal.SIGKILL, 5.0)):
+            _signal([pid], s)
             deadline = time.monotonic() + wait
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -16,6 +16,7 @@ from typing import Any
 
 from mesh import pods
 from mesh.lab import Lab, LabError, LabNode, run
+from mesh.topology import Topology
 
 CNI_BIN = Path("/usr/lib/cni")
 ETCD_CLIENT_PORT = 2379
@@ -193,6 +194,37 @@ def etcd_answering(lab: Lab, ref: str | int, timeout: float = 2) -> int | None:
         return None
     member: int = json.loads(proc.stdout)[0]["Status"]["header"]["member_id"]
     return member
+
+
+def spread(topo: Topology, k: int) -> list[int]:
+    """k nodes far apart: each next one the farthest from those chosen."""
+    chosen = [1]
+    while len(chosen) < k:
+        dist = {c: topo.distances(c) for c in chosen}
+        chosen.append(max((n for n in range(1, topo.nodes + 1) if n not in chosen),
+                          key=lambda n: (min(dist[c][n] for c in chosen), -n)))
+    return chosen
+
+
+def ranked(topo: Topology, client: int, members: list[int]) -> list[tuple[int, int]]:
+    dist = topo.distances(client)
+    return sorted((dist[m], m) for m in members if m in dist)
+
+
+def pick_client(topo: Topology, members: list[int]) -> tuple[int, int, int]:
+    """A client whose nearest member is unique, and whose next nearest is unique both
+    with the nearest's etcd stopped and with the nearest node dead."""
+    for c in range(1, topo.nodes + 1):
+        if c in members:
+            continue
+        r = ranked(topo, c, members)
+        if len(r) < 3 or r[0][0] == r[1][0] or r[1][0] == r[2][0]:
+            continue
+        x, y = r[0][1], r[1][1]
+        after = ranked(topo.without(dead=[x]), c, [m for m in members if m != x])
+        if len(after) == 2 and after[0][1] == y and after[0][0] < after[1][0]:
+            return c, x, y
+    raise LabError(f"no suitable client for etcd on {members} in {topo.spec}")
 
 
 def node_address(lab: Lab, ref: str | int) -> IPv4Address | None:
