@@ -47,8 +47,9 @@ def sd_notify(state: str) -> None:
         s.sendall(state.encode())
 
 
-class Stop(Exception):
-    """Raised in the main thread by SIGTERM/SIGINT."""
+class Stop(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT; a BaseException, so the loops'
+    `except Exception` (report and retry) never swallows it."""
 
 
 def stop_on_signals() -> None:

@@ -85,7 +85,7 @@ class Probe:
             finally:
                 conn.close()
             return None if 200 <= status < 300 else f"HTTP {status}"
-        except (OSError, http.client.HTTPException) as e:
+        except Exception as e:  # whatever went wrong, the service did not answer well
             return str(e) or type(e).__name__
 
 class Hysteresis:
@@ -152,7 +152,12 @@ def watch(svc: Service, announce: Announcer, interval: float, timeout: float, ri
           fall: int, clock: Callable[[], float] = time.monotonic) -> None:
     """One service's loop: probe, hysteresis, and the address made to match."""
     # Start from what lo has: a restarted agent does not withdraw a healthy service.
-    state = Hysteresis(rise, fall, healthy=announce.present(svc.address))
+    try:
+        announced = announce.present(svc.address)
+    except Exception as e:
+        log.error("%s: reading lo's addresses failed: %s", svc.name, e)
+        announced = False
+    state = Hysteresis(rise, fall, healthy=announced)
     log.info("%s: probing %s every %.2f s (rise %d, fall %d); %s %s", svc.name, svc.probe,
              interval, rise, fall, svc.address, "announced" if state.healthy else "withdrawn")
     last_error: str | None = ""
