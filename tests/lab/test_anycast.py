@@ -67,9 +67,14 @@ def setup(make_module_lab: LabFactory) -> Setup:
     return Setup(lab, members, ids, client, x, y)
 
 
-def answered_by(s: Setup, node: int) -> int | None:
-    member = etcd_answering(s.lab, node)
-    return None if member is None else s.ids[member]
+def answered_by(s: Setup, node: int, tries: int = 1) -> int | None:
+    """The node whose etcd answers `node` at the anycast address. With tries > 1, a
+    failed attempt (a busy machine can miss etcdctl's 2 s timeout) is made again."""
+    for _ in range(tries):
+        member = etcd_answering(s.lab, node)
+        if member is not None:
+            return s.ids[member]
+    return None
 
 
 def anycast_on_lo(s: Setup, node: int) -> bool:
@@ -84,7 +89,8 @@ def test_every_node_reaches_its_nearest_etcd(setup: Setup) -> None:
     topo = s.lab.state.topology
     nodes = list(range(1, topo.nodes + 1))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = dict(zip(nodes, pool.map(lambda n: answered_by(s, n), nodes), strict=True))
+        answers = dict(zip(nodes, pool.map(lambda n: answered_by(s, n, tries=3), nodes),
+                           strict=True))
     assert [n for n, a in answers.items() if a is None] == []
     for n, member in answers.items():
         r = ranked(topo, n, s.members)
@@ -100,7 +106,7 @@ def test_every_node_reaches_its_nearest_etcd(setup: Setup) -> None:
 
 def test_stopped_etcd_moves_its_clients_to_the_next_nearest(setup: Setup) -> None:
     s = setup
-    assert answered_by(s, s.client) == s.nearest
+    assert answered_by(s, s.client, tries=3) == s.nearest
     s.lab.stop_agent(s.nearest, "etcd")
     try:
         wait_for(f"n{s.client} to be answered by n{s.next_nearest}",
@@ -115,7 +121,7 @@ def test_stopped_etcd_moves_its_clients_to_the_next_nearest(setup: Setup) -> Non
 
 def test_dead_node_moves_its_clients_to_the_next_nearest(setup: Setup) -> None:
     s = setup
-    assert answered_by(s, s.client) == s.nearest
+    assert answered_by(s, s.client, tries=3) == s.nearest
     s.lab.kill(s.nearest)
     try:
         wait_for(f"n{s.client} to be answered by n{s.next_nearest}",
