@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,3 +132,20 @@ def test_dead_node_moves_its_clients_to_the_next_nearest(setup: Setup) -> None:
     s.lab.wait_converged(timeout=60)
     wait_for(f"n{s.client} to be answered by the revived n{s.nearest}",
              lambda: answered_by(s, s.client) == s.nearest, timeout=60)
+
+
+def test_wait_returns_once_the_anycast_address_is_routed(setup: Setup) -> None:
+    s = setup
+
+    def wait(service: str, timeout: int) -> tuple[float, str]:
+        start = time.monotonic()
+        r = s.lab.exec(s.client, [sys.executable, "-m", "firstboot.anycast", "wait", "--site",
+                                  str(s.lab.dir / "site.toml"), "--service", service,
+                                  "--timeout", str(timeout)], timeout=timeout + 30)
+        return time.monotonic() - start, r.stderr
+
+    took, log = wait("etcd", 30)
+    assert "is reachable" in log and took < 10
+    # Nobody serves the apiserver here: it gives up after its timeout, and says so.
+    took, log = wait("apiserver", 2)
+    assert "not reachable after 2 s" in log and took >= 2
