@@ -45,6 +45,9 @@ RTPROT_KUBERMESH = 77
 # Above the kernel's connected routes (metric 0): the CNI bridge's own block wins.
 ROUTE_METRIC = 20
 RETRY = 1.0
+# A node with no block chooses once it has had routes for this long: SPF installs
+# the routes of a freshly synchronised LSDB within a moment of each other.
+ATTACHED_FOR = 1.0
 CNI_FILE = "10-kubermesh.conflist"
 
 log = logging.getLogger("kubermesh.overlay")
@@ -135,6 +138,7 @@ class Overlay:
         self.pod_subnet = pods.pod_block_subnet(self.ula)
         self.block: IPv4Network | None = self._remembered()
         self.started = time.monotonic()
+        self.attached_since: float | None = None
         self.failures: set[str] = set()
         self.ready = False
 
@@ -194,9 +198,12 @@ class Overlay:
     def reconcile(self) -> None:
         self.failures.clear()
         claims, hops, attached = self.observe()
-        if self.block is None and not attached and \
-                time.monotonic() - self.started < self.cfg.settle:
-            return  # not on the mesh yet: others' claims are unknown, wait
+        now = time.monotonic()
+        if attached and self.attached_since is None:
+            self.attached_since = now
+        if self.block is None and now - self.started < self.cfg.settle and (
+                self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
+            return  # others' claims are not all known yet: choose a moment later
         self._choose(list(claims.values()))
         self._apply_addresses()
         self._apply_routes(desired_routes(claims, hops, self.block))
@@ -220,6 +227,7 @@ class Overlay:
         self.block = block
         self._remember(block)
         self._write_cni(block)
+        sd_notify(f"STATUS=pod block {block}")
 
     def _write_cni(self, block: IPv4Network) -> None:
         try:
