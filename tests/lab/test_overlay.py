@@ -197,10 +197,10 @@ def test_dead_node_block_is_unrouted_and_comes_back(lab: Lab) -> None:
     block = blocks(lab)[victim]
     lab.kill(victim)
     wait_for("the dead node's block to leave every table", lambda: overlay_problems(lab),
-             timeout=30)
+             timeout=60)
     assert all(str(block) not in kernel_routes(lab, n, "4", proto="77") for n in live(lab))
     lab.revive(victim)
-    lab.wait_converged(timeout=60)
+    lab.wait_converged(timeout=90)
     wait_for("the revived node's block to be routed again", lambda: overlay_problems(lab),
              timeout=60)
     assert blocks(lab)[victim] == block  # remembered across the "reboot"
