@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-HOST_PACKAGES=(frr iproute2 iputils-ping python3 python3-venv util-linux procps)
+# etcd, iperf3 and the CNI plugins: the overlay and anycast lab tests and benchmarks.
+HOST_PACKAGES=(frr iproute2 iputils-ping python3 python3-venv util-linux procps
+  etcd-server etcd-client iperf3 containernetworking-plugins)
 VENV=.venv
 
 say() { printf '‣ %s\n' "$*" >&2; }

@@ -1,1 +1,2 @@
-"""The node agent and what it runs on every boot: identity, links, FRR, status."""
+"""The programs a Kubermesh node runs: the node agent (identity, links, FRR, status),
+the overlay and anycast agents, and the kubelet wiring."""

@@ -70,6 +70,7 @@ class LabNode:
     hardware: str  # the made-up hardware identity, "mac:..."
     # Long-running programs started in the node besides FRR (agents); restarted by revive.
     agents: list[list[str]] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)  # agent name -> PID of its last start
 
     @property
     def name(self) -> str:
@@ -350,17 +351,48 @@ class Lab:
         node, and revive starts it again.
         """
         n = self.node(ref)
-        pid = self._spawn(n, list(argv), name)
+        if any(a[0] == name for a in n.agents):
+            raise LabError(f"{n.name} already has an agent named {name!r}")
         n.agents.append([name, *argv])
+        pid = self._spawn(n, list(argv), name)
         self._save()
         return pid
 
     def _spawn(self, n: LabNode, argv: list[str], name: str) -> int:
         with open(self.node_dir(n) / f"{name}.log", "ab") as log:
+            # `ip netns exec` execs the program: the PID is the agent's own.
             proc = subprocess.Popen(["ip", "netns", "exec", n.namespace, *argv],
                                     stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
+        n.pids[name] = proc.pid
         return proc.pid
+
+    def stop_agent(self, ref: str | int, name: str, timeout: float = 10,
+                   sig: signal.Signals = signal.SIGTERM) -> None:
+        """End one agent of a node (`sig`, then SIGKILL after `timeout`), by the PID
+        the lab started it with; the node and its other processes go on."""
+        n = self.node(ref)
+        pid = n.pids.get(name)
+        if pid is None or pid not in self._pids(n.namespace):
+            return
+        for s, wait in ((sig, timeout), (signal.SIGKILL, 5.0)):
+            _signal([pid], s)
+            deadline = time.monotonic() + wait
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _alive(pid):
+                return
+        raise LabError(f"{name} (PID {pid}) in {n.name} did not end")
+
+    def start_agent(self, ref: str | int, name: str) -> int:
+        """Start again an agent spawned before (and stopped); return its new PID."""
+        n = self.node(ref)
+        for agent, *argv in n.agents:
+            if agent == name:
+                pid = self._spawn(n, argv, name)
+                self._save()
+                return pid
+        raise LabError(f"{n.name} has no agent named {name!r}")
 
     def kill(self, ref: str | int) -> LabNode:
         """A silent death: every process of the node (FRR, agents) SIGKILLed,
@@ -374,8 +406,13 @@ class Lab:
         return n
 
     def revive(self, ref: str | int) -> LabNode:
-        """Bring a killed node back: forwarding on, FRR started again."""
+        """Bring a killed node back as from a reboot: lo holds only the node's
+        loopback again (agents re-add what they announce), no IPv4 route is left,
+        forwarding is on, FRR and the node's agents are started again."""
         n = self.node(ref)
+        run(["ip", "-n", n.namespace, "-batch", "-"],
+            input=f"addr flush dev lo scope global\nroute flush table main\n"
+                  f"addr add {n.loopback}/128 dev lo\n")
         self._sysctl(n, {"net.ipv6.conf.all.forwarding": 1, "net.ipv4.ip_forward": 1})
         self._start_frr(n, self.site)
         for name, *argv in n.agents:
@@ -573,6 +610,17 @@ class Lab:
             if not pids:
                 break
         run(["ip", "netns", "del", namespace], check=False)
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent to reap it."""
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _signal(pids: Iterable[int], sig: signal.Signals) -> None:

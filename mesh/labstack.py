@@ -1,0 +1,232 @@
+"""The node stack in the lab, above FRR: the overlay and anycast agents, a real
+etcd cluster behind its anycast address, and pods attached by the real CNI
+plugins. Used by the lab tests and the benchmarks; everything runs inside the
+lab's namespaces and goes with `Lab.down`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
+from pathlib import Path
+from typing import Any
+
+from mesh import pods
+from mesh.lab import Lab, LabError, LabNode, run
+from mesh.topology import Topology
+
+CNI_BIN = Path("/usr/lib/cni")
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+
+
+def _url(addr: IPv6Address | str, port: int, path: str = "") -> str:
+    return f"http://[{addr}]:{port}{path}"
+
+
+# --- overlay
+
+
+def start_overlay(lab: Lab, ref: str | int, settle: float = 10.0) -> int:
+    n = lab.node(ref)
+    d = lab.node_dir(n)
+    return lab.spawn(n.index, [
+        sys.executable, "-m", "firstboot.overlay", "--site", str(lab.dir / "site.toml"),
+        "--node-id", n.node_id, "--router-id", n.router_id,
+        "--state", str(d / "overlay.json"), "--cni-dir", str(d / "cni"),
+        "--cni-data-dir", str(d / "cni-data"), "--settle", str(settle),
+    ], "overlay")
+
+
+def remembered_block(lab: Lab, ref: str | int) -> IPv4Network | None:
+    """The block the node's overlay agent holds (its state file)."""
+    try:
+        data = json.loads((lab.node_dir(lab.node(ref)) / "overlay.json").read_text())
+        return IPv4Network(data["block"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def claimed_blocks(lab: Lab, ref: str | int) -> list[IPv4Network]:
+    """Blocks the node announces right now: the claim /128s on its lo."""
+    n = lab.node(ref)
+    out = run(["ip", "-n", n.namespace, "-6", "-j", "addr", "show", "dev", "lo"]).stdout
+    claims = []
+    for link in json.loads(out or "[]"):
+        for a in link.get("addr_info", []):
+            claim = pods.parse_claim(lab.site.mesh.ula, lab.site.pods, IPv6Address(a["local"]))
+            if claim is not None:
+                claims.append(claim.block)
+    return claims
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str
+    hops: tuple[tuple[str, str], ...]  # (gateway, dev), sorted
+
+
+def kernel_routes(lab: Lab, ref: str | int, family: str,
+                  proto: str | None = None) -> dict[str, Route]:
+    """`ip -j route` of the node's main table as dst -> next hops."""
+    n = lab.node(ref)
+    argv = ["ip", "-n", n.namespace, f"-{family}", "-j", "route", "show", "table", "main"]
+    if proto is not None:
+        argv += ["proto", proto]
+    out = run(argv).stdout
+    routes = {}
+    for r in json.loads(out or "[]"):
+        hops = r.get("nexthops") or [r]
+        pairs = []
+        for h in hops:
+            gw = h.get("gateway") or (h.get("via") or {}).get("host", "")
+            pairs.append((gw, h.get("dev", "")))
+        dst = r["dst"]
+        if family == "6" and "/" not in dst:
+            dst += "/128"
+        routes[dst] = Route(dst, tuple(sorted(pairs)))
+    return routes
+
+
+def ipv4_on_links(lab: Lab, ref: str | int) -> list[str]:
+    """IPv4 addresses on the node's mesh links (there should be none)."""
+    n = lab.node(ref)
+    out = run(["ip", "-n", n.namespace, "-4", "-j", "addr", "show"]).stdout
+    return [f"{link['ifname']}: {a['local']}" for link in json.loads(out or "[]")
+            if link["ifname"] in n.links for a in link.get("addr_info", [])]
+
+
+# --- pods through the real CNI plugins
+
+
+def add_pod(lab: Lab, ref: str | int, name: str) -> IPv4Interface:
+    """A pod: its own network namespace, attached by the bridge + host-local plugins
+    with the CNI configuration the node's overlay agent wrote. Returns its address."""
+    n = lab.node(ref)
+    conflist = json.loads((lab.node_dir(n) / "cni" / "10-kubermesh.conflist").read_text())
+    pod_ns = f"{lab.prefix}{n.name}-{name}"  # under the lab's prefix: down() removes it
+    run(["ip", "netns", "add", pod_ns])
+    result = _cni(n, "ADD", pod_ns, conflist)
+    return IPv4Interface(result["ips"][0]["address"])
+
+
+def _cni(n: LabNode, command: str, pod_ns: str, conflist: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for plugin in conflist["plugins"]:
+        conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod_ns,
+               "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
+               "CNI_PATH": str(CNI_BIN), "PATH": os.environ["PATH"]}
+        proc = run(["ip", "netns", "exec", n.namespace, "env", "-i",
+                    *[f"{k}={v}" for k, v in env.items()], str(CNI_BIN / plugin["type"])],
+                   input=json.dumps(conf), check=False)
+        if proc.returncode != 0:
+            raise LabError(f"CNI {plugin['type']} {command} in {n.name} failed: "
+                           f"{proc.stdout.strip()} {proc.stderr.strip()}")
+        result = json.loads(proc.stdout or "{}")
+    return result
+
+
+def pod_exec(lab: Lab, ref: str | int, name: str, argv: list[str],
+             timeout: float = 30) -> Any:
+    n = lab.node(ref)
+    return run(["ip", "netns", "exec", f"{lab.prefix}{n.name}-{name}", *argv],
+               timeout=timeout, check=False)
+
+
+# --- etcd behind its anycast address
+
+
+def start_etcd_cluster(lab: Lab, members: list[int]) -> None:
+    """etcd (Debian etcd-server) on `members`: peers on their loopbacks, clients on
+    the loopback and on the etcd anycast address. The anycast address may not be
+    on lo yet (the anycast agent adds it when etcd is healthy): non-local bind."""
+    anycast = lab.site.anycast["etcd"]
+    cluster = ",".join(f"n{m}={_url(lab.node(m).loopback, ETCD_PEER_PORT)}" for m in members)
+    for m in members:
+        n = lab.node(m)
+        lab.exec(m, ["sysctl", "-q", "-w", "net.ipv6.ip_nonlocal_bind=1"])
+        lab.spawn(m, [
+            "etcd", "--name", n.name, "--data-dir", str(lab.node_dir(n) / "etcd"),
+            "--listen-client-urls",
+            f"{_url(n.loopback, ETCD_CLIENT_PORT)},{_url(anycast, ETCD_CLIENT_PORT)}",
+            "--advertise-client-urls", _url(n.loopback, ETCD_CLIENT_PORT),
+            "--listen-peer-urls", _url(n.loopback, ETCD_PEER_PORT),
+            "--initial-advertise-peer-urls", _url(n.loopback, ETCD_PEER_PORT),
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"lab-{lab.name}",
+            "--heartbeat-interval", "100", "--election-timeout", "1000",
+        ], "etcd")
+
+
+def start_anycast(lab: Lab, ref: str | int, interval: float = 0.2, rise: int = 3,
+                  fall: int = 3) -> int:
+    n = lab.node(ref)
+    return lab.spawn(n.index, [
+        sys.executable, "-m", "firstboot.anycast", "serve",
+        "--site", str(lab.dir / "site.toml"),
+        "--service", f"etcd={_url(n.loopback, ETCD_CLIENT_PORT, '/health')}",
+        "--interval", str(interval), "--rise", str(rise), "--fall", str(fall),
+    ], "anycast")
+
+
+def etcd_members(lab: Lab, ref: str | int) -> dict[int, str]:
+    """etcd member id -> member name (the lab node name), asked through the anycast address."""
+    out = lab.exec(ref, ["etcdctl", "--endpoints", etcd_anycast_url(lab), "member", "list",
+                         "-w", "json"], timeout=10).stdout
+    return {m["ID"]: m["name"] for m in json.loads(out)["members"]}
+
+
+def etcd_anycast_url(lab: Lab) -> str:
+    return _url(lab.site.anycast["etcd"], ETCD_CLIENT_PORT)
+
+
+def etcd_answering(lab: Lab, ref: str | int, timeout: float = 2) -> int | None:
+    """The member id that answers `etcdctl endpoint status` at the anycast address
+    from this node, or None when nothing answers."""
+    proc = lab.exec(ref, ["etcdctl", "--endpoints", etcd_anycast_url(lab),
+                          "--dial-timeout", f"{timeout}s", "--command-timeout", f"{timeout}s",
+                          "endpoint", "status", "-w", "json"], timeout=timeout + 10, check=False)
+    if proc.returncode != 0:
+        return None
+    member: int = json.loads(proc.stdout)[0]["Status"]["header"]["member_id"]
+    return member
+
+
+def spread(topo: Topology, k: int) -> list[int]:
+    """k nodes far apart: each next one the farthest from those chosen."""
+    chosen = [1]
+    while len(chosen) < k:
+        dist = {c: topo.distances(c) for c in chosen}
+        chosen.append(max((n for n in range(1, topo.nodes + 1) if n not in chosen),
+                          key=lambda n: (min(dist[c][n] for c in chosen), -n)))
+    return chosen
+
+
+def ranked(topo: Topology, client: int, members: list[int]) -> list[tuple[int, int]]:
+    dist = topo.distances(client)
+    return sorted((dist[m], m) for m in members if m in dist)
+
+
+def pick_client(topo: Topology, members: list[int]) -> tuple[int, int, int]:
+    """A client whose nearest member is unique, and whose next nearest is unique both
+    with the nearest's etcd stopped and with the nearest node dead."""
+    for c in range(1, topo.nodes + 1):
+        if c in members:
+            continue
+        r = ranked(topo, c, members)
+        if len(r) < 3 or r[0][0] == r[1][0] or r[1][0] == r[2][0]:
+            continue
+        x, y = r[0][1], r[1][1]
+        after = ranked(topo.without(dead=[x]), c, [m for m in members if m != x])
+        if len(after) == 2 and after[0][1] == y and after[0][0] < after[1][0]:
+            return c, x, y
+    raise LabError(f"no suitable client for etcd on {members} in {topo.spec}")
+
+
+def node_address(lab: Lab, ref: str | int) -> IPv4Address | None:
+    block = remembered_block(lab, ref)
+    return pods.node_address(block) if block else None
