@@ -99,7 +99,21 @@ def parser() -> argparse.ArgumentParser:
     ping.set_defaults(func=lab_ping)
     down = cmd("down", "remove every namespace, process and file of the lab")
     down.set_defaults(func=lab_down)
+
+    build = sub.add_parser("build", help="build the bootable image (needs root)")
+    build.add_argument("--site", type=Path, help="site file to bake in (default: a demo site)")
+    build.add_argument("--kubernetes", default="auto", metavar="auto|upstream|none|DIR",
+                       help="where kubelet and kubeadm come from (default: auto)")
+    build.add_argument("--output", type=Path, default=Path("out"),
+                       help="output directory (default: out)")
+    build.set_defaults(func=image_build)
     return p
+
+
+def image_build(args: argparse.Namespace) -> None:
+    from image.build import Options, build  # the image build's imports stay out of other commands
+
+    build(Options(output=args.output, site=args.site, kubernetes=args.kubernetes))
 
 
 def site_init(args: argparse.Namespace) -> None:
