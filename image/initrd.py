@@ -8,7 +8,8 @@ from image.run import Log, nspawn
 
 # dracut modules: systemd in the initrd, dm-verity root, and kubermesh's own
 # (/var, writable /etc; units/dracut/).
-MODULES = ("systemd", "systemd-initrd", "systemd-veritysetup", "dm", "udev-rules", "kubermesh")
+MODULES = ("base", "fs-lib", "systemd", "systemd-initrd", "systemd-veritysetup", "dm", "udev-rules",
+           "kubermesh")
 # Storage a UEFI PC or a VM may boot from, and the file systems of the root and /var.
 DRIVERS = (
     "virtio_blk", "virtio_scsi", "virtio_pci", "nvme", "ahci", "sd_mod", "sr_mod",

@@ -41,8 +41,12 @@ def netboot_initrd(log: Log, work: Path, initrd: Path, root: VerityRoot, out: Pa
     names = "kubermesh\nkubermesh/root.squashfs\nkubermesh/root.verity\n"
     with out.open("wb") as f:
         f.write(initrd.read_bytes())
-        proc = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
-                              input=names.encode(), stdout=f, cwd=staging, check=False)
+        try:
+            proc = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
+                                  input=names.encode(), stdout=f, cwd=staging, check=False)
+        except FileNotFoundError:
+            raise Failure("cpio is not installed",
+                          hint="./dev.sh setup installs the build host's packages") from None
     if proc.returncode != 0:
         raise Failure(f"cpio exited with status {proc.returncode}")
     return out

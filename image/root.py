@@ -33,7 +33,8 @@ class VerityRoot:
 
 def squashfs(log: Log, tree: Path, out: Path) -> Path:
     cmd: list[str | Path] = ["mksquashfs", tree, out, "-noappend", "-quiet", "-no-progress",
-                             "-comp", "zstd", "-b", "1M", "-wildcards"]
+                             "-comp", "zstd", "-Xcompression-level", "6", "-b", "1M",
+                             "-wildcards"]
     for pattern in EXCLUDE:
         cmd += ["-e", pattern]
     run(log, cmd)

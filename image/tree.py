@@ -119,6 +119,8 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
         "repart.d": lib / "kubermesh/repart.d",
         "sshd_config.d": tree / "etc/ssh/sshd_config.d",
         "dracut": lib / "dracut/modules.d/90kubermesh",
+        "network": lib / "systemd/network",
+        "networkd.conf.d": lib / "systemd/networkd.conf.d",
     }
     for sub, dest in places.items():
         if not (u / sub).is_dir():
@@ -131,6 +133,9 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
     presets = [ln.split()[1] for p in (u / "system-preset").glob("*.preset")
                for ln in p.read_text().splitlines() if ln.startswith("enable ")]
     run(log, ["systemctl", "--root", tree, "preset", *presets])
+    # networkd's [Install] Also= enables wait-online, which fails on a node whose
+    # links have no DHCP (every mesh link): nothing in the image waits for "online".
+    run(log, ["systemctl", "--root", tree, "mask", "systemd-networkd-wait-online.service"])
     return units
 
 
