@@ -161,6 +161,15 @@ def make_immutable(log: Log, tree: Path) -> None:
     for junk in ("var/cache/apt", "var/lib/apt/lists", "var/log/apt", "var/cache/debconf"):
         if (tree / junk).is_dir():
             shutil.rmtree(tree / junk)
+    # /var/run and /var/lock point into /run; anything written under them while
+    # building (nspawn runs) is not part of the image.
+    for link, target in (("var/run", "../run"), ("var/lock", "../run/lock")):
+        p = tree / link
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.exists():
+            shutil.rmtree(p)
+        p.symlink_to(target)
     factory = tree / FACTORY_VAR
     if factory.exists():
         shutil.rmtree(factory)

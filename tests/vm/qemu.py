@@ -92,6 +92,7 @@ class VM:
             "-device", "virtio-blk-pci,drive=disk,bootindex=1",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", "virtio-net-pci,netdev=net0",
+            "-device", "virtio-rng-pci",
             "-smbios", f"type=11,value={credential}",
             "-serial", f"file:{self.console}",
         ]

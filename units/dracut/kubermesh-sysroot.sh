@@ -26,12 +26,14 @@ root_disk() {
     return 1
 }
 
-# The partition of disk $1 whose GPT label is $2.
+# The partition of disk $1 whose GPT label is $2. Read from the disk itself: a
+# partition systemd-repart has just added is known to the kernel without its label.
 partition() {
     for p in /sys/class/block/"$1"/"$1"*; do
         [ -e "$p/partition" ] || continue
-        if grep -qx "PARTNAME=$2" "$p/uevent"; then
-            echo "/dev/$(basename "$p")"
+        dev="/dev/$(basename "$p")"
+        if [ "$(blkid -p -o value -s PART_ENTRY_NAME "$dev" 2>/dev/null)" = "$2" ]; then
+            echo "$dev"
             return 0
         fi
     done
