@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # root-x86-64
 FLIP = bytes(b ^ 0xFF for b in range(256))
 SQUASHFS_MAGIC = 0x73717368
+COMPRESSOR_OPTIONS = 0x0400  # superblock flag
 
 
 def partition(disk: Path, type_uuid: str) -> tuple[int, int]:
@@ -52,8 +53,13 @@ def find_data_byte(squashfs: Path, inner: str) -> int:
         sb = f.read(96)
     if struct.unpack_from("<I", sb, 0)[0] != SQUASHFS_MAGIC:
         raise ValueError(f"{squashfs} is not a squashfs")
-    # File data and fragments lie between the superblock and the inode table.
+    # File data and fragments lie between the superblock (and the compressor
+    # options' metadata block that may follow it) and the inode table.
     lo, hi = 96, struct.unpack_from("<Q", sb, 64)[0]
+    if struct.unpack_from("<H", sb, 24)[0] & COMPRESSOR_OPTIONS:
+        with squashfs.open("rb") as f:
+            f.seek(96)
+            lo += 2 + (struct.unpack("<H", f.read(2))[0] & 0x7FFF)
     good = _read(squashfs, inner)
     if good.startswith("error"):
         raise LookupError(f"{inner} cannot be read from {squashfs}")
