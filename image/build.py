@@ -111,6 +111,7 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
     components = _timed(f"Installing Kubernetes ({k8s.kind})",
                         lambda: kubernetes.install(log, t, k8s, cache / "mkosi"), times)
     units = _timed("Installing units and presets", lambda: tree.install_units(log, src, t), times)
+    tree.tune_frr(t)
     _timed("Baking in the site", lambda: tree.bake_site(t, site_text), times)
     tree.write_os_release(t, version)
     kver, vmlinuz = tree.kernel(t)

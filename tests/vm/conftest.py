@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,9 @@ def _victim(image: Image) -> str:
 
 
 @pytest.fixture(scope="session")
-def guests(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guests]:
-    work = tmp_path_factory.mktemp("vm")
+def guests(image: Image) -> Iterator[Guests]:
+    # A directory of our own: pytest prunes old basetemps, also of other sessions.
+    work = Path(tempfile.mkdtemp(prefix="kubermesh-vm-", dir="/var/tmp"))
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kubermesh-vm-test",
                     "-f", str(key)], check=True)
@@ -94,6 +96,10 @@ def guests(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     finally:
         for vm in vms:
             vm.stop()
+        if os.environ.get("KUBERMESH_KEEP_VM_DIR"):
+            print(f"VM files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class _Limited:
@@ -118,4 +124,4 @@ def main(guests: Guests) -> VM:
 
 @pytest.fixture(scope="session")
 def host(main: VM) -> Any:
-    return testinfra.get_host(f"ssh://{main.name}", ssh_config=str(main.ssh_config))
+    return testinfra.get_host(f"ssh://{main.name}", ssh_config=str(main.ssh_config), timeout=120)

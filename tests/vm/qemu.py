@@ -75,7 +75,10 @@ class VM:
             f"Host {name}\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
             f"  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
             "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n"
-            "  ConnectTimeout 10\n  ServerAliveInterval 10\n")
+            # A TCG guest on a busy host can take long to answer; one shared
+            # connection spares it a key exchange per command.
+            "  ConnectTimeout 60\n  ServerAliveInterval 10\n  ServerAliveCountMax 6\n"
+            f"  ControlMaster no\n  ControlPath {workdir}/{name}.ssh.sock\n")
 
     def start(self) -> None:
         vars_fd = self.dir / f"{self.name}.OVMF_VARS.fd"
@@ -117,9 +120,25 @@ class VM:
             raise RuntimeError(f"{self.name}: QEMU exited ({self.proc and self.proc.returncode})"
                                f"; console tail:\n{self.console_tail()}")
         try:
-            return self.ssh("true", timeout=30, check=False).returncode == 0
+            if self.ssh("true", timeout=90, check=False).returncode != 0:
+                return False
         except subprocess.TimeoutExpired:
             return False
+        # The shared connection every later command uses (they connect directly
+        # while it is missing, e.g. after a reboot). Its output goes nowhere, so
+        # no pipe stays open behind it.
+        sock = self.dir / f"{self.name}.ssh.sock"
+        if sock.exists() and subprocess.run(
+                ["ssh", "-F", str(self.ssh_config), "-O", "check", self.name],
+                capture_output=True, timeout=30, check=False).returncode != 0:
+            sock.unlink()  # left by a master whose guest rebooted
+        if sock.exists():
+            return True
+        subprocess.run(["ssh", "-F", str(self.ssh_config), "-o", "ControlMaster=yes",
+                        "-o", "ControlPersist=900", "-N", "-f", self.name],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=90, check=False)
+        return True
 
     def wait_ssh(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Wait until root can log in; returns the seconds it took."""
@@ -150,6 +169,9 @@ class VM:
         """Kill this VM's QEMU (its own process group, by PID) and reap it."""
         if self.proc is None:
             return
+        # The shared SSH connection's master process is ours too.
+        subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
+                       capture_output=True, timeout=30, check=False)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
