@@ -63,6 +63,12 @@ case "${1:-}" in
   test)
     setup
     shift
+    # The whole suite includes the VM tests, which boot out/kubermesh.raw:
+    # build it first on a clean checkout.
+    if [ $# -eq 0 ] && [ ! -f out/kubermesh.raw ]; then
+      say "No image in out/ yet: building it for the VM tests"
+      nice -n 10 "$VENV/bin/kubermesh" build --output out
+    fi
     exec "$VENV/bin/pytest" "$@"
     ;;
   *)

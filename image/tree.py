@@ -142,12 +142,12 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
 def tune_frr(tree: Path) -> None:
     """Give watchfrr time to see daemons come up on slow nodes (old PCs, emulated VMs).
 
-    Its defaults (10 s to connect, 20 s to restart) made a slow first boot kill
+    Its restart timeout (20 s) made a slow first boot kill
     and restart zebra and fail frr.service; a hung daemon is still caught.
     """
     daemons = tree / "etc/frr/daemons"
     text = daemons.read_text()
-    line = 'watchfrr_options="--timeout 60 --restart-timeout 120"'
+    line = 'watchfrr_options="--timeout 180 --restart-timeout 120"'
     if "\n#watchfrr_options=" not in text:
         raise Failure(f"{daemons} has no watchfrr_options line to set",
                       hint="FRR's packaging changed: update image/tree.py")
