@@ -112,6 +112,14 @@ def parser() -> argparse.ArgumentParser:
     ping.set_defaults(func=lab_ping)
     down = cmd("down", "remove every namespace, process and file of the lab")
     down.set_defaults(func=lab_down)
+
+    build = sub.add_parser("build", help="build the bootable image (needs root)")
+    build.add_argument("--site", type=Path, help="site file to bake in (default: a demo site)")
+    build.add_argument("--kubernetes", default="auto", metavar="auto|upstream|none|DIR",
+                       help="where kubelet and kubeadm come from (default: auto)")
+    build.add_argument("--output", type=Path, default=Path("out"),
+                       help="output directory (default: out)")
+    build.set_defaults(func=image_build)
     return p
 
 
@@ -122,6 +130,12 @@ def node_status(args: argparse.Namespace) -> None:
         raise Failure(f"no node status at {args.file}",
                       hint="the node agent writes it: systemctl status kubermesh-agent") from None
     print(json.dumps(st.to_json(), indent=1) if args.json else nodestatus.render(st))
+
+
+def image_build(args: argparse.Namespace) -> None:
+    from image.build import Options, build  # the image build's imports stay out of other commands
+
+    build(Options(output=args.output, site=args.site, kubernetes=args.kubernetes))
 
 
 def site_init(args: argparse.Namespace) -> None:

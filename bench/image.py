@@ -1,0 +1,110 @@
+"""Image benchmarks: cold and warm build time, artifact sizes, boot time under QEMU.
+
+    python -m bench.image build [--cold]   time `kubermesh build` (cold: empty download cache)
+    python -m bench.image sizes [DIR]      sizes of the raw disk, UKI, root, and what dominates
+    python -m bench.image boot [DIR]       boot kubermesh.raw under OVMF (TCG unless KVM works)
+                                           to multi-user, as seen over SSH and by systemd-analyze
+
+Figures are printed and written to bench/results/image-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def _save(name: str, data: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"image-{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+
+
+def build(cold: bool, output: Path) -> None:
+    from image.build import Options
+    from image.build import build as run_build
+
+    with tempfile.TemporaryDirectory(prefix="kubermesh-bench-cache-", dir=ROOT) as tmp:
+        cache = Path(tmp) if cold else ROOT / "mkosi.cache"
+        start = time.monotonic()
+        run_build(Options(output=output, kubernetes="none", cache=cache))
+        took = time.monotonic() - start
+    manifest = json.loads((output / "manifest.json").read_text())
+    _save("build-cold" if cold else "build-warm", {
+        "kind": "cold (empty download cache)" if cold else "warm (download cache filled)",
+        "seconds": round(took, 1), "steps": manifest["step_seconds"],
+        "command": f"python -m bench.image build{' --cold' if cold else ''}"})
+
+
+def sizes(output: Path) -> None:
+    m = json.loads((output / "manifest.json").read_text())
+    mib = {k: round(v / 2**20, 1) for k, v in m["sizes"].items() if isinstance(v, int)}
+    top = {k: round(v / 2**20, 1) for k, v in m["sizes"]["tree_largest_dirs"].items()}
+    _save("sizes", {"MiB": mib, "tree_largest_dirs_MiB_uncompressed": top,
+                    "command": "python -m bench.image sizes"})
+
+
+def boot(output: Path) -> None:
+    from tests.vm.qemu import VM, kvm_works
+
+    accel = "kvm" if kvm_works() else "tcg"
+    with tempfile.TemporaryDirectory(prefix="kubermesh-bench-boot-") as tmp:
+        work = Path(tmp)
+        key = work / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        disk = work / "disk.raw"
+        subprocess.run(["cp", "--sparse=always", str(output / "kubermesh.raw"), str(disk)],
+                       check=True)
+        with disk.open("r+b") as f:
+            f.truncate(4 << 30)
+        vm = VM("bench", disk, work, key.with_suffix(".pub").read_text().strip(), key, accel=accel)
+        start = time.monotonic()
+        try:
+            vm.start()
+            ssh_s = vm.wait_ssh()
+            state = vm.ssh("systemctl is-system-running --wait", timeout=900,
+                           check=False).stdout.strip()
+            ready_s = time.monotonic() - start
+            analyze = vm.ssh("systemd-analyze time", check=False).stdout.strip()
+            target = vm.ssh("systemd-analyze critical-chain multi-user.target --no-pager",
+                            check=False).stdout.strip()
+        finally:
+            vm.stop()
+    _save(f"boot-{accel}", {
+        "accel": accel, "vcpus": 1, "memory_mib": vm.memory,
+        "qemu_start_to_ssh_s": round(ssh_s, 1),
+        "qemu_start_to_multi_user_s": round(ready_s, 1), "system_state": state,
+        "systemd_analyze_time": analyze, "critical_chain": target.splitlines()[:12],
+        "command": "python -m bench.image boot"})
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.image", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("build", "sizes", "boot"))
+    p.add_argument("output", nargs="?", type=Path, default=ROOT / "out")
+    p.add_argument("--cold", action="store_true", help="build with an empty download cache")
+    a = p.parse_args()
+    if a.what == "build":
+        out = a.output if a.output != ROOT / "out" else ROOT / "out-bench"
+        build(a.cold, out)
+        shutil.rmtree(out, ignore_errors=True)
+    elif a.what == "sizes":
+        sizes(a.output)
+    else:
+        boot(a.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

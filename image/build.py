@@ -1,0 +1,187 @@
+"""`kubermesh build`: every step from mkosi to a bootable disk, shown and timed.
+
+The build happens in a directory beside the output and moves into place only
+when every step has succeeded: a failed build leaves no output that looks
+finished, only its log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from image import disk, initrd, kubernetes, manifest, netboot, root, tree, uki
+from image.run import Log
+from kubermesh.ui import Failure, say, step
+from mesh import site as sitefile
+
+T = TypeVar("T")
+
+RAW = "kubermesh.raw"
+UKI = "kubermesh.efi"
+NETBOOT_UKI = "netboot/kubermesh-netboot.efi"
+
+
+@dataclass(frozen=True)
+class Options:
+    output: Path
+    site: Path | None = None
+    kubernetes: str = "auto"
+    cache: Path = Path("mkosi.cache")
+
+
+def _timed(title: str, fn: Callable[[], T], times: dict[str, float]) -> T:
+    import time
+
+    start = time.monotonic()
+    with step(title):
+        result = fn()
+    times[title] = round(time.monotonic() - start, 1)
+    return result
+
+
+def _version(src: tree.Sources) -> str:
+    with (src.root / "pyproject.toml").open("rb") as f:
+        base = str(tomllib.load(f)["project"]["version"])
+    try:
+        rev = subprocess.run(["git", "-C", str(src.root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = ""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S")
+    return f"{base}+{stamp}" + (f".g{rev}" if rev else "")
+
+
+def build(opts: Options) -> Path:
+    if os.geteuid() != 0:
+        raise Failure("building the image needs root (mkosi, systemd-nspawn)",
+                      hint="run it with sudo, or ./dev.sh build")
+    src = tree.Sources.find()
+    out = opts.output.resolve()
+    cache = opts.cache.resolve() if opts.cache.is_absolute() else (src.root / opts.cache)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = Log(out.parent / f"{out.name}.build.log")
+    say(f"building into {out} (log: {log.path})")
+
+    # The site first: a bad one is refused before anything is built.
+    generated = opts.site is None
+    if opts.site is not None:
+        site_text = opts.site.read_text()
+        site = sitefile.parse_site(tomllib.loads(site_text), str(opts.site))
+    else:
+        site_text = sitefile.new_site_toml("demo")
+        site = sitefile.parse_site(tomllib.loads(site_text), "demo site")
+    k8s = kubernetes.resolve(opts.kubernetes)
+    kubernetes.warn(k8s)
+
+    version = _version(src)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        result = _build(log, src, work, cache, version, site_text, site.name, generated, k8s)
+        _publish(result, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    kubernetes.warn(k8s)
+    say(f"image {version} is in {out}")
+    return out
+
+
+def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, site_text: str,
+           site_name: str, generated: bool, k8s: kubernetes.Source) -> Path:
+    times: dict[str, float] = {}
+    t = work / "tree"
+    dist = work / "output"
+    (dist / "netboot").mkdir(parents=True)
+
+    _timed("Building the Debian tree with mkosi",
+           lambda: tree.mkosi(log, src, t, cache / "mkosi", version), times)
+    wheels = work / "wheels"
+    _timed("Fetching the pinned Python wheels",
+           lambda: tree.fetch_wheels(log, src, wheels, cache), times)
+    python = _timed("Installing kubermesh and its pinned dependencies",
+                    lambda: tree.install_python(log, src, t, wheels), times)
+    components = _timed(f"Installing Kubernetes ({k8s.kind})",
+                        lambda: kubernetes.install(log, t, k8s, cache / "mkosi"), times)
+    units = _timed("Installing units and presets", lambda: tree.install_units(log, src, t), times)
+    tree.tune_frr(t)
+    _timed("Baking in the site", lambda: tree.bake_site(t, site_text), times)
+    tree.write_os_release(t, version)
+    kver, vmlinuz = tree.kernel(t)
+    initrd_img = _timed(f"Building the initrd (dracut, kernel {kver})",
+                        lambda: initrd.dracut(log, t, kver), times)
+    packages = tree.debian_packages(log, t)
+    _timed("Making the root immutable (/var, /etc, /root, SSH keys)",
+           lambda: tree.make_immutable(log, t), times)
+    top = tree.largest(t)
+    squashfs = _timed("Compressing the root (squashfs, zstd)",
+                      lambda: root.squashfs(log, t, work / "root.squashfs"), times)
+    vroot = _timed("Computing the dm-verity hash tree",
+                   lambda: root.verity(log, squashfs, work / "root.verity"), times)
+    os_release = t / "usr/lib/os-release"
+    efi = _timed("Building the UKI", lambda: uki.build_uki(
+        log, work, dist / UKI, os_release=os_release, cmdline=uki.disk_cmdline(vroot),
+        kernel=vmlinuz, initrd=initrd_img), times)
+    esp = _timed("Building the ESP", lambda: disk.esp(log, efi, work / "esp.img"), times)
+    raw = _timed("Laying out the GPT disk (systemd-repart)",
+                 lambda: disk.gpt_disk(log, work, esp, vroot, dist / RAW), times)
+
+    def netboot_uki() -> Path:
+        nb_initrd = netboot.netboot_initrd(log, work, initrd_img, vroot,
+                                           work / "initrd-netboot.img")
+        return uki.build_uki(log, work, dist / NETBOOT_UKI, os_release=os_release,
+                             cmdline=netboot.netboot_cmdline(vroot), kernel=vmlinuz,
+                             initrd=nb_initrd)
+    nb = _timed("Building the netboot UKI (root inside)", netboot_uki, times)
+
+    def finish() -> None:
+        sizes = {
+            "raw": raw.stat().st_size, "uki": efi.stat().st_size,
+            "netboot_uki": nb.stat().st_size, "esp": esp.stat().st_size,
+            "root_squashfs": squashfs.stat().st_size, "root_verity": vroot.verity.stat().st_size,
+            "kernel": vmlinuz.stat().st_size, "initrd": initrd_img.stat().st_size,
+            "tree_largest_dirs": top,
+        }
+        m: dict[str, Any] = {
+            "image": "kubermesh", "version": version,
+            "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "distribution": "debian bookworm", "kernel": kver,
+            "root_hash": vroot.root_hash,
+            "partitions": {"root": str(vroot.data_uuid), "root_verity": str(vroot.hash_uuid)},
+            "cmdline": {"disk": uki.disk_cmdline(vroot),
+                        "netboot": netboot.netboot_cmdline(vroot)},
+            "kubernetes": {"source": k8s.kind, "components": components or "none",
+                           **({"why_none": k8s.reason} if not components else {}),
+                           "warnings": list(k8s.warnings)},
+            "site": manifest.site_fingerprint(site_text, site_name, generated),
+            "units": units,
+            "sizes": sizes, "step_seconds": times,
+            "packages": {"debian": packages, "python": python},
+            "artifacts": {"disk": RAW, "uki": UKI, "netboot_uki": NETBOOT_UKI},
+        }
+        manifest.write_manifest(dist / "manifest.json", m)
+        if generated:
+            tree_site = dist / "demo-site.toml"
+            fd = os.open(tree_site, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(site_text)
+        manifest.write_sha256sums(dist)
+    _timed("Writing manifest.json and SHA256SUMS", finish, times)
+    return dist
+
+
+def _publish(dist: Path, out: Path) -> None:
+    """Swap the finished build into place; an older output is replaced only now."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(dist, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,30 @@
+"""The initrd: dracut from the image's own tree, with only what a verity root needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from image.run import Log, nspawn
+
+# dracut modules: systemd in the initrd, dm-verity root, and kubermesh's own
+# (/var, writable /etc; units/dracut/).
+MODULES = ("base", "fs-lib", "systemd", "systemd-initrd", "systemd-veritysetup", "dm", "udev-rules",
+           "kubermesh")
+# Storage a UEFI PC or a VM may boot from, and the file systems of the root and /var.
+DRIVERS = (
+    "virtio_blk", "virtio_scsi", "virtio_pci", "nvme", "ahci", "sd_mod", "sr_mod",
+    "usb_storage", "uas", "xhci_pci", "xhci_hcd", "ehci_pci", "ohci_pci", "uhci_hcd",
+    "mmc_block", "sdhci_pci", "sdhci_acpi",
+    "dm_verity", "squashfs", "overlay", "ext4", "loop",
+)
+INITRD = "boot/initrd-kubermesh.img"
+
+
+def dracut(log: Log, tree: Path, kver: str) -> Path:
+    """Build the initrd inside the tree; returns its path on the host."""
+    nspawn(log, tree, [
+        "dracut", "--force", "--quiet", "--no-hostonly", "--no-hostonly-cmdline",
+        "--reproducible", "--compress", "zstd",
+        "--modules", " ".join(MODULES), "--drivers", " ".join(DRIVERS),
+        "--kver", kver, f"/{INITRD}"])
+    return tree / INITRD

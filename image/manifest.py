@@ -1,0 +1,35 @@
+"""manifest.json and SHA256SUMS: what an image is, for people and for tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def site_fingerprint(text: str, name: str, generated: bool) -> dict[str, Any]:
+    """Identifies the baked-in site without revealing it: a hash, never the secrets."""
+    return {"name": name, "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "demo": generated}
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def write_sha256sums(out_dir: Path) -> Path:
+    """SHA256SUMS over every file in the output, in `sha256sum -c` format."""
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
+    lines = [f"{sha256(p)}  {p.relative_to(out_dir)}\n" for p in files]
+    sums = out_dir / "SHA256SUMS"
+    sums.write_text("".join(lines))
+    return sums

@@ -1,0 +1,52 @@
+"""Netboot: one UKI that carries the root with it, for UEFI HTTP boot or iPXE.
+
+The squashfs and its verity hashes ride in the initrd (a second cpio archive
+appended to it), so a diskless node fetches one file and needs no network code
+in its initrd; the root hash in the UKI's command line still pins every block,
+so a neighbour cannot hand it a tampered root. The cost is RAM: the root stays
+in memory (about the squashfs' size), which a node with a disk does not pay.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from image.root import VerityRoot
+from image.run import Log
+from image.uki import COMMON
+from kubermesh.ui import Failure
+
+# Where the root files sit in the netboot initrd, and the loop devices the
+# initrd attaches them to (units/dracut/kubermesh-netroot.sh).
+DATA, HASH = "/kubermesh/root.squashfs", "/kubermesh/root.verity"
+
+
+def netboot_cmdline(root: VerityRoot) -> str:
+    return " ".join((
+        f"roothash={root.root_hash}", "kubermesh.netroot=1",
+        "systemd.verity_root_data=/dev/loop0", "systemd.verity_root_hash=/dev/loop1",
+        "root=/dev/mapper/root", "rootfstype=squashfs", "ro", *COMMON))
+
+
+def netboot_initrd(log: Log, work: Path, initrd: Path, root: VerityRoot, out: Path) -> Path:
+    """The disk initrd followed by an uncompressed cpio holding the root."""
+    staging = work / "netroot"
+    (staging / "kubermesh").mkdir(parents=True, exist_ok=True)
+    for src, dst in ((root.squashfs, DATA), (root.verity, HASH)):
+        target = staging / dst.lstrip("/")
+        target.unlink(missing_ok=True)
+        target.hardlink_to(src)
+    log.write(f"$ cpio -o -H newc > {out}")
+    names = "kubermesh\nkubermesh/root.squashfs\nkubermesh/root.verity\n"
+    with out.open("wb") as f:
+        f.write(initrd.read_bytes())
+        try:
+            proc = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
+                                  input=names.encode(), stdout=f, cwd=staging, check=False)
+        except FileNotFoundError:
+            raise Failure("cpio is not installed",
+                          hint="./dev.sh setup installs the build host's packages") from None
+    if proc.returncode != 0:
+        raise Failure(f"cpio exited with status {proc.returncode}")
+    return out

@@ -1,0 +1,256 @@
+"""The image's root tree: mkosi builds it, then the project's own parts go in.
+
+Everything here writes into the tree; nothing touches the build host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from image.run import Log, nspawn, run
+from kubermesh.ui import Failure
+
+# The venv holding the project's code and its pinned dependencies in the image.
+VENV = "/usr/lib/kubermesh"
+SITE_PATH = "etc/kubermesh/site.toml"
+# The image's /var is shipped here and copied into the node's /var at boot
+# (see units/dracut/kubermesh-sysroot.sh): /var itself is a mount point.
+FACTORY_VAR = "usr/share/factory/var"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the build's inputs are: the project checkout."""
+
+    root: Path
+
+    @property
+    def mkosi_conf(self) -> Path:
+        return self.root / "mkosi.conf"
+
+    @property
+    def units(self) -> Path:
+        return self.root / "units"
+
+    @classmethod
+    def find(cls) -> Sources:
+        root = Path(__file__).resolve().parent.parent
+        if not (root / "mkosi.conf").is_file() or not (root / "units").is_dir():
+            raise Failure(f"no mkosi.conf and units/ beside {Path(__file__).parent}",
+                          hint="run kubermesh build from a checkout (./dev.sh build)")
+        return cls(root)
+
+
+def mkosi(log: Log, src: Sources, tree: Path, cache: Path, version: str) -> None:
+    """Debian bookworm and the image's packages, as a directory (mkosi.conf)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    run(log, ["mkosi", "--force", "--output", tree, "--cache", cache,
+              "--image-version", version, "build"], cwd=src.root,
+        hint=f"mkosi's output is in {log.path}; package downloads are cached in {cache}")
+
+
+def install_python(log: Log, src: Sources, tree: Path, wheels: Path) -> dict[str, str]:
+    """The project and its pinned dependencies, in a venv of the image's own python3.
+
+    The wheels were fetched on the host (same versions as requirements.lock); pip
+    runs inside the tree with the host's pip module, so none of pip lands in the image.
+    Returns the installed distributions and versions.
+    """
+    import pip  # the build venv's pip
+
+    pip_dir = Path(pip.__file__).parent
+    binds = {wheels: "/run/kubermesh-wheels", pip_dir: "/run/kubermesh-pip/pip"}
+    script = (
+        f"set -e; python3 -m venv --without-pip {VENV}; "
+        f"PYTHONPATH=/run/kubermesh-pip {VENV}/bin/python3 -m pip install --quiet "
+        "--disable-pip-version-check --no-cache-dir --no-index --no-deps "
+        "--find-links /run/kubermesh-wheels -r /run/kubermesh-wheels/requirements.lock "
+        "/run/kubermesh-wheels/kubermesh-*.whl; "
+        f"PYTHONPATH=/run/kubermesh-pip {VENV}/bin/python3 -m pip list "
+        "--disable-pip-version-check --format=json"
+    )
+    out = nspawn(log, tree, ["/bin/sh", "-c", script], binds=binds, capture=True)
+    installed = {d["name"]: d["version"] for d in json.loads(out.strip().splitlines()[-1])}
+    link = tree / "usr/bin/kubermesh"
+    link.unlink(missing_ok=True)
+    link.symlink_to(f"{VENV}/bin/kubermesh")
+    return installed
+
+
+def fetch_wheels(log: Log, src: Sources, wheels: Path, cache: Path) -> None:
+    """The pinned runtime wheels (cached) and a wheel of the project itself."""
+    lock = src.root / "requirements.lock"
+    pinned = cache / "wheels"
+    stamp = pinned / ".lock"
+    if not stamp.is_file() or stamp.read_text() != lock.read_text():
+        shutil.rmtree(pinned, ignore_errors=True)
+        pinned.mkdir(parents=True)
+        run(log, [sys.executable, "-m", "pip", "download", "--quiet",
+                  "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
+                  "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+                  "--platform", "any", "-r", lock, "-d", pinned],
+            hint="the pinned Python wheels could not be downloaded")
+        stamp.write_text(lock.read_text())
+    wheels.mkdir(parents=True)
+    for w in pinned.glob("*.whl"):
+        shutil.copy2(w, wheels)
+    shutil.copy2(lock, wheels / "requirements.lock")
+    run(log, [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+              "--no-deps", "--no-build-isolation", "--wheel-dir", wheels, src.root])
+
+
+def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
+    """units/ into the tree: units, presets, tmpfiles, sysctl, the initrd's dracut module.
+
+    Units are enabled by the preset file, never one by one. Returns the units.
+    """
+    u = src.units
+    lib = tree / "usr/lib"
+    places = {
+        "system": lib / "systemd/system",
+        "system-preset": lib / "systemd/system-preset",
+        "tmpfiles.d": lib / "tmpfiles.d",
+        "sysctl.d": lib / "sysctl.d",
+        "repart.d": lib / "kubermesh/repart.d",
+        "sshd_config.d": tree / "etc/ssh/sshd_config.d",
+        "dracut": lib / "dracut/modules.d/90kubermesh",
+        "network": lib / "systemd/network",
+        "networkd.conf.d": lib / "systemd/networkd.conf.d",
+    }
+    for sub, dest in places.items():
+        if not (u / sub).is_dir():
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted((u / sub).iterdir()):
+            if f.is_file():
+                shutil.copy2(f, dest / f.name)
+            elif f.is_dir():  # drop-ins, e.g. containerd.service.d/
+                shutil.copytree(f, dest / f.name, dirs_exist_ok=True)
+    units = sorted(f.name for f in (u / "system").iterdir() if f.is_file())
+    presets = [ln.split()[1] for p in (u / "system-preset").glob("*.preset")
+               for ln in p.read_text().splitlines() if ln.startswith("enable ")]
+    run(log, ["systemctl", "--root", tree, "preset", *presets])
+    # networkd's [Install] Also= enables wait-online, which fails on a node whose
+    # links have no DHCP (every mesh link): nothing in the image waits for "online".
+    run(log, ["systemctl", "--root", tree, "mask", "systemd-networkd-wait-online.service"])
+    return units
+
+
+def tune_frr(tree: Path) -> None:
+    """The mesh's daemons on (ospf6d, bfdd; zebra always runs), and watchfrr given
+    time to see daemons come up on slow nodes (old PCs, emulated VMs).
+
+    Its restart timeout (20 s) made a slow first boot kill
+    and restart zebra and fail frr.service; a hung daemon is still caught.
+    """
+    daemons = tree / "etc/frr/daemons"
+    text = daemons.read_text()
+    edits = {"\n#watchfrr_options=\"\"":
+             '\nwatchfrr_options="--timeout 180 --restart-timeout 120"',
+             "\nospf6d=no": "\nospf6d=yes", "\nbfdd=no": "\nbfdd=yes"}
+    for old, new in edits.items():
+        if old not in text:
+            raise Failure(f"{daemons} has no {old.strip()!r} line to set",
+                          hint="FRR's packaging changed: update image/tree.py")
+        text = text.replace(old, new, 1)
+    daemons.write_text(text)
+
+
+def make_immutable(log: Log, tree: Path) -> None:
+    """Shape the tree for a read-only root that is still a normal system."""
+    # No SSH host keys baked in: every node makes its own on first boot.
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    # An empty machine-id: the initrd fills it per node (see kubermesh-sysroot.sh).
+    (tree / "etc/machine-id").write_text("")
+    # /root and /home live on /var: the root file system is read-only. What the
+    # image had in them becomes part of the factory /var.
+    for d, target in (("root", "var/roothome"), ("home", "var/home")):
+        p = tree / d
+        if p.is_symlink():
+            p.unlink()
+        else:
+            if (tree / target).exists():
+                shutil.rmtree(tree / target)
+            os.rename(p, tree / target)
+        p.symlink_to(target)
+    # The shipped /var becomes the factory copy; /var is an empty mount point.
+    for junk in ("var/cache/apt", "var/lib/apt/lists", "var/log/apt", "var/cache/debconf"):
+        if (tree / junk).is_dir():
+            shutil.rmtree(tree / junk)
+    # /var/run and /var/lock point into /run; anything written under them while
+    # building (nspawn runs) is not part of the image.
+    for link, target in (("var/run", "../run"), ("var/lock", "../run/lock")):
+        p = tree / link
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.exists():
+            shutil.rmtree(p)
+        p.symlink_to(target)
+    factory = tree / FACTORY_VAR
+    if factory.exists():
+        shutil.rmtree(factory)
+    factory.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tree / "var", factory)
+    (tree / "var").mkdir(mode=0o755)
+
+
+def bake_site(tree: Path, site_text: str) -> None:
+    """The site file, readable by root only: it holds the site's secrets."""
+    path = tree / SITE_PATH
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(site_text)
+    os.chmod(path, 0o600)
+    os.chown(path, 0, 0)
+
+
+def debian_packages(log: Log, tree: Path) -> dict[str, str]:
+    """Every Debian package in the tree and its version."""
+    admin = tree / "var/lib/dpkg"
+    if not admin.is_dir():
+        admin = tree / FACTORY_VAR / "lib/dpkg"
+    out = run(log, ["dpkg-query", "--admindir", admin, "-W", "-f", "${Package}\t${Version}\n"],
+              capture=True)
+    return dict(line.split("\t", 1) for line in out.splitlines() if line)
+
+
+def kernel(tree: Path) -> tuple[str, Path]:
+    """The tree's one kernel: its release and its vmlinuz."""
+    kernels = sorted((tree / "usr/lib/modules").iterdir()) if (
+        tree / "usr/lib/modules").is_dir() else []
+    if len(kernels) != 1:
+        raise Failure(f"the tree has {len(kernels)} kernels, expected one",
+                      hint="mkosi.conf must install exactly one linux-image package")
+    kver = kernels[0].name
+    vmlinuz = tree / f"boot/vmlinuz-{kver}"
+    if not vmlinuz.is_file():
+        raise Failure(f"the tree has no /boot/vmlinuz-{kver}")
+    return kver, vmlinuz
+
+
+def write_os_release(tree: Path, version: str) -> None:
+    """Name the image in os-release (IMAGE_ID, IMAGE_VERSION), as the UKI shows it."""
+    path = tree / "usr/lib/os-release"
+    lines = [ln for ln in path.read_text().splitlines()
+             if not ln.startswith(("IMAGE_ID=", "IMAGE_VERSION="))]
+    path.write_text("\n".join([*lines, "IMAGE_ID=kubermesh", f"IMAGE_VERSION={version}"]) + "\n")
+
+
+def largest(tree: Path, count: int = 8) -> dict[str, int]:
+    """The biggest directories two levels down, in bytes: what dominates the root."""
+    sizes: dict[str, int] = {}
+    for top in tree.iterdir():
+        if top.is_symlink() or not top.is_dir():
+            continue
+        for d in [*top.iterdir(), top] if top.name == "usr" else [top]:
+            if d.is_dir() and not d.is_symlink() and d != tree / "usr":
+                sizes[str(d.relative_to(tree))] = sum(
+                    f.lstat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+    return dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:count])

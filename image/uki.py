@@ -1,0 +1,59 @@
+"""Unified kernel images: systemd-stub + os-release + command line + kernel + initrd.
+
+systemd 252 has no ukify; objcopy adds the sections, each placed after the
+stub's own, page aligned, as ukify does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from image.root import VerityRoot
+from image.run import Log, run
+
+STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+PAGE = 4096
+
+# For every boot: the console on screen and on the first serial port (VMs,
+# servers), no interactive first-boot questions, and no GPT auto-mounts: the
+# initrd decides about /var (units/dracut/kubermesh-sysroot.sh).
+COMMON = ("console=tty0", "console=ttyS0,115200", "systemd.firstboot=off",
+          "systemd.gpt_auto=0", "rd.systemd.gpt_auto=0")
+
+
+def disk_cmdline(root: VerityRoot) -> str:
+    """The kernel command line of a disk boot: the root hash pins the whole root."""
+    return " ".join((
+        f"roothash={root.root_hash}",
+        f"systemd.verity_root_data=PARTUUID={root.data_uuid}",
+        f"systemd.verity_root_hash=PARTUUID={root.hash_uuid}",
+        "root=/dev/mapper/root", "rootfstype=squashfs", "ro", *COMMON))
+
+
+def _stub_end(log: Log) -> int:
+    out = run(log, ["objdump", "-h", STUB], capture=True)
+    end = 0
+    for m in re.finditer(r"^\s*\d+\s+\S+\s+([0-9a-f]+)\s+([0-9a-f]+)\s", out, re.MULTILINE):
+        size, vma = int(m.group(1), 16), int(m.group(2), 16)
+        end = max(end, vma + size)
+    return end
+
+
+def _align(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+def build_uki(log: Log, work: Path, out: Path, *, os_release: Path, cmdline: str,
+              kernel: Path, initrd: Path) -> Path:
+    cmdline_file = work / f"{out.stem}.cmdline"
+    cmdline_file.write_text(cmdline + "\0")
+    sections = ((".osrel", os_release), (".cmdline", cmdline_file),
+                (".linux", kernel), (".initrd", initrd))
+    cmd: list[str | Path] = ["objcopy"]
+    offset = _align(_stub_end(log))
+    for name, path in sections:
+        cmd += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={offset:#x}"]
+        offset = _align(offset + path.stat().st_size)
+    run(log, [*cmd, STUB, out])
+    return out

@@ -1,0 +1,102 @@
+"""Fast checks of the image build's own logic (no mkosi, no root needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from image import build, kubernetes, manifest, netboot, uki
+from image.root import VerityRoot
+from kubermesh.ui import Failure
+from mesh import site as sitefile
+
+HASH = "93a6ad286f4abdd02d3012411b922adfb0f70a42731e387dd317699405ff79a1"
+
+
+def _root() -> VerityRoot:
+    return VerityRoot(Path("root.squashfs"), Path("root.verity"), HASH)
+
+
+def test_partition_uuids_are_the_root_hash_halves() -> None:
+    r = _root()
+    assert r.data_uuid.hex == HASH[:32]
+    assert r.hash_uuid.hex == HASH[32:]
+
+
+def test_disk_cmdline_pins_the_root_hash() -> None:
+    line = uki.disk_cmdline(_root())
+    assert f"roothash={HASH}" in line.split()
+    assert f"systemd.verity_root_data=PARTUUID={_root().data_uuid}" in line.split()
+    assert f"systemd.verity_root_hash=PARTUUID={_root().hash_uuid}" in line.split()
+    assert "root=/dev/mapper/root" in line.split() and "ro" in line.split()
+
+
+def test_netboot_cmdline_uses_the_same_root_hash() -> None:
+    line = netboot.netboot_cmdline(_root())
+    assert f"roothash={HASH}" in line.split()
+    assert "kubermesh.netroot=1" in line.split()
+
+
+def test_kubernetes_none_and_directories(tmp_path: Path) -> None:
+    assert kubernetes.resolve("none").kind == "none"
+    with pytest.raises(Failure, match="not auto, upstream, none or a directory"):
+        kubernetes.resolve(str(tmp_path / "missing"))
+    with pytest.raises(Failure, match=r"no \.deb files"):
+        kubernetes.resolve(str(tmp_path))
+    (tmp_path / "kubelet").write_text("#!/bin/sh\necho Kubernetes v1.31.2\n")
+    src = kubernetes.resolve(str(tmp_path))
+    assert src.kind == "dir" and src.directory == tmp_path.resolve()
+
+
+def test_kubernetes_binaries_are_installed_with_their_version(tmp_path: Path) -> None:
+    d, tree = tmp_path / "k8s", tmp_path / "tree"
+    d.mkdir()
+    (tree / "usr/bin").mkdir(parents=True)
+    (d / "kubelet").write_text("#!/bin/sh\necho Kubernetes v1.31.2\n")
+    (d / "kubelet").chmod(0o755)
+    got = kubernetes.install(None, tree, kubernetes.resolve(str(d)), tmp_path)  # type: ignore[arg-type]
+    assert got == {"kubelet": "v1.31.2"}
+    assert (tree / "usr/bin/kubelet").stat().st_mode & 0o777 == 0o755
+
+
+def test_auto_without_upstream_warns_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kubernetes, "_reachable", lambda url: "Name or service not known")
+    src = kubernetes.resolve("auto")
+    assert src.kind == "none" and "unreachable" in src.reason and src.warnings
+    with pytest.raises(Failure, match="unreachable"):
+        kubernetes.resolve("upstream")
+
+
+def test_site_fingerprint_never_holds_secrets() -> None:
+    text = sitefile.new_site_toml("demo")
+    secrets = sitefile.parse_site(tomllib.loads(text)).secrets
+    fp = json.dumps(manifest.site_fingerprint(text, "demo", True))
+    assert secrets.ospf_key not in fp and secrets.bootstrap_token not in fp
+    assert text not in fp
+
+
+def test_sha256sums_checks_with_sha256sum(tmp_path: Path) -> None:
+    (tmp_path / "a.raw").write_bytes(b"disk")
+    (tmp_path / "netboot").mkdir()
+    (tmp_path / "netboot/x.efi").write_bytes(b"uki")
+    manifest.write_sha256sums(tmp_path)
+    r = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "netboot/x.efi: OK" in r.stdout
+
+
+def test_publish_replaces_the_old_output_only_at_the_end(tmp_path: Path) -> None:
+    out, new = tmp_path / "out", tmp_path / ".out.x.partial"
+    out.mkdir()
+    (out / "old").write_text("old")
+    new.mkdir()
+    (new / "kubermesh.raw").write_text("new")
+    build._publish(new, out)
+    assert (out / "kubermesh.raw").read_text() == "new"
+    assert not (out / "old").exists() and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -1,0 +1,184 @@
+"""QEMU VMs booting the built image under OVMF, reached over SSH.
+
+Every VM is started by PID and killed by PID, also when a test fails. TCG is
+used unless a short probe shows KVM really works on this host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+BOOT_TIMEOUT = 900.0  # TCG boots in ~2 min alone; with two VMs on two shared cores, more
+
+
+def poll(what: str, check: Callable[[], T | None], timeout: float, every: float = 2.0) -> T:
+    """Call check until it returns something, or fail after timeout naming what we waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def kvm_works(timeout: float = 20.0) -> bool:
+    """KVM only where it really starts a guest: /dev/kvm can exist and hang."""
+    flags = Path("/proc/cpuinfo").read_text()
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or not (" vmx" in flags or " svm" in flags):
+        return False
+    try:
+        r = subprocess.run(["qemu-system-x86_64", "-accel", "kvm", "-machine", "q35", "-S",
+                            "-display", "none", "-nodefaults", "-monitor", "stdio"],
+                           input=b"quit\n", capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    return r.returncode == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class VM:
+    """One QEMU guest booted from a private copy of a disk image."""
+
+    def __init__(self, name: str, disk: Path, workdir: Path, pubkey: str, key: Path,
+                 memory_mib: int = 1536, accel: str = "tcg") -> None:
+        self.name = name
+        self.disk = disk
+        self.dir = workdir
+        self.pubkey = pubkey
+        self.key = key
+        self.memory = memory_mib
+        self.accel = accel
+        self.port = free_port()
+        self.console = workdir / f"{name}.console.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ssh_config = workdir / f"{name}.ssh_config"
+        self.ssh_config.write_text(
+            f"Host {name}\n  HostName 127.0.0.1\n  Port {self.port}\n  User root\n"
+            f"  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+            "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n"
+            # A TCG guest on a busy host can take long to answer; one shared
+            # connection spares it a key exchange per command.
+            "  ConnectTimeout 60\n  ServerAliveInterval 10\n  ServerAliveCountMax 6\n"
+            f"  ControlMaster no\n  ControlPath {workdir}/{name}.ssh.sock\n")
+
+    def start(self) -> None:
+        vars_fd = self.dir / f"{self.name}.OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, vars_fd)
+        cpu = "max" if self.accel == "tcg" else "host"
+        credential = f"io.systemd.credential:ssh.authorized_keys.root={self.pubkey}"
+        cmd = [
+            "nice", "-n", "10", "qemu-system-x86_64", "-name", self.name,
+            "-machine", "q35", "-accel", self.accel, "-cpu", cpu,
+            "-smp", "1", "-m", str(self.memory), "-nodefaults", "-display", "none",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
+            "-drive", f"if=none,id=disk,format=raw,file={self.disk}",
+            "-device", "virtio-blk-pci,drive=disk,bootindex=1",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-device", "virtio-net-pci,netdev=net0",
+            "-device", "virtio-rng-pci",
+            "-smbios", f"type=11,value={credential}",
+            "-serial", f"file:{self.console}",
+        ]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=(self.dir / f"{self.name}.qemu.log").open("wb"),
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ssh(self, command: str, timeout: float = 120.0,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(["ssh", "-F", str(self.ssh_config), self.name, command],
+                           capture_output=True, text=True, timeout=timeout, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{self.name}: `{command}` exited {r.returncode}: "
+                                 f"{r.stdout}{r.stderr}")
+        return r
+
+    def _ssh_ready(self) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"{self.name}: QEMU exited ({self.proc and self.proc.returncode})"
+                               f"; console tail:\n{self.console_tail()}")
+        try:
+            if self.ssh("true", timeout=90, check=False).returncode != 0:
+                return False
+        except subprocess.TimeoutExpired:
+            return False
+        # The shared connection every later command uses (they connect directly
+        # while it is missing, e.g. after a reboot). Its output goes nowhere, so
+        # no pipe stays open behind it.
+        sock = self.dir / f"{self.name}.ssh.sock"
+        if sock.exists() and subprocess.run(
+                ["ssh", "-F", str(self.ssh_config), "-O", "check", self.name],
+                capture_output=True, timeout=30, check=False).returncode != 0:
+            sock.unlink()  # left by a master whose guest rebooted
+        if sock.exists():
+            return True
+        subprocess.run(["ssh", "-F", str(self.ssh_config), "-o", "ControlMaster=yes",
+                        "-o", "ControlPersist=900", "-N", "-f", self.name],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=90, check=False)
+        return True
+
+    def wait_ssh(self, timeout: float = BOOT_TIMEOUT) -> float:
+        """Wait until root can log in; returns the seconds it took."""
+        start = time.monotonic()
+        try:
+            poll(f"SSH on {self.name}", self._ssh_ready, timeout, every=3.0)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; console tail:\n{self.console_tail()}") from None
+        return time.monotonic() - start
+
+    def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> str:
+        """Wait until systemd has finished starting up; returns its state."""
+        self.wait_ssh(timeout)
+        return self.ssh("systemctl is-system-running --wait", timeout=timeout,
+                        check=False).stdout.strip()
+
+    def boot_id(self) -> str:
+        return self.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.console.read_text(errors="replace")
+        except OSError:
+            return "(no console output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Kill this VM's QEMU (its own process group, by PID) and reap it."""
+        if self.proc is None:
+            return
+        # The shared SSH connection's master process is ours too.
+        subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
+                       capture_output=True, timeout=30, check=False)
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=20)
+            except ProcessLookupError:
+                pass
+        self.proc = None

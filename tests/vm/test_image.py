@@ -1,0 +1,122 @@
+"""The built image, booted under OVMF in QEMU, checked over SSH with testinfra.
+
+Ordered: the reboot comes last, since it restarts the shared `main` guest.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import pytest
+
+from tests.vm.conftest import ROOT, Guests, Image
+from tests.vm.qemu import VM, poll
+
+pytestmark = pytest.mark.vm
+
+
+def test_root_is_read_only_squashfs_on_dm_verity(main: VM, host: Any, image: Image) -> None:
+    root = json.loads(main.ssh("findmnt --json --output SOURCE,FSTYPE,OPTIONS /").stdout)
+    fs = root["filesystems"][0]
+    assert fs["source"] == "/dev/mapper/root"
+    assert fs["fstype"] == "squashfs"
+    assert "ro" in fs["options"].split(",")
+    dm = host.check_output("basename $(readlink -f /dev/mapper/root)")
+    assert host.file(f"/sys/block/{dm}/dm/uuid").content_string.startswith("CRYPT-VERITY-")
+    # Pinned by the root hash the build recorded, through the UKI's command line.
+    assert f"roothash={image.manifest['root_hash']}" in host.file("/proc/cmdline").content_string
+    write = host.run("touch /usr/kubermesh-write-test")
+    assert write.rc != 0 and "Read-only file system" in write.stderr
+
+
+def test_no_failed_units(main: VM) -> None:
+    failed = main.ssh("systemctl --failed --plain --no-legend").stdout.strip()
+    assert failed == "", f"failed units:\n{failed}\n" + main.ssh(
+        "journalctl -b -p warning --no-pager | tail -40", check=False).stdout
+    assert main.ssh("systemctl is-system-running").stdout.strip() == "running"
+
+
+def test_kubermesh_units_installed_and_enabled(host: Any, image: Image) -> None:
+    for unit in image.manifest["units"]:
+        assert host.file(f"/usr/lib/systemd/system/{unit}").exists, unit
+    assert host.service("kubermesh-site-check").is_enabled
+    assert host.service("kubermesh-site-check").is_running  # oneshot, RemainAfterExit
+    assert host.service("kubermesh-ssh-host-keys").is_enabled
+    assert host.file("/usr/lib/systemd/system-preset/80-kubermesh.preset").exists
+    assert host.run("kubermesh site check /etc/kubermesh/site.toml").rc == 0
+
+
+def test_shipped_python_matches_the_lock(host: Any, image: Image) -> None:
+    out = host.check_output("/usr/lib/kubermesh/bin/python3 -c "
+                            "'import importlib.metadata as m, json; "
+                            "print(json.dumps({d.metadata[\"Name\"]: d.version "
+                            "for d in m.distributions()}))'")
+    shipped = {k.lower(): v for k, v in json.loads(out).items()}
+    expected = image.manifest["packages"]["python"]
+    assert {k.lower(): v for k, v in expected.items()} == shipped
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            assert shipped[name.lower()] == version, name
+
+
+def test_services_run(host: Any) -> None:
+    for name in ("ssh", "systemd-resolved", "systemd-logind", "systemd-journald", "frr",
+                 "containerd"):
+        assert host.service(name).is_running, name
+
+
+def test_etc_and_var_work(host: Any) -> None:
+    var = host.mount_point("/var")
+    assert var.filesystem == "ext4"
+    assert host.check_output("lsblk -no PARTLABEL %s", var.device) == "kubermesh-var"
+    # /etc: writable over the image's (RAM overlay), machine-id kept on /var.
+    machine_id = host.file("/etc/machine-id").content_string.strip()
+    assert len(machine_id) == 32
+    assert host.file("/var/lib/kubermesh/machine-id").content_string.strip() == machine_id
+    assert host.run("hostnamectl hostname kubermesh-test").rc == 0
+    assert host.check_output("hostname") == "kubermesh-test"
+    assert host.file("/tmp").is_directory and host.mount_point("/tmp").filesystem == "tmpfs"
+
+
+def test_secrets_and_keys(host: Any) -> None:
+    site = host.file("/etc/kubermesh/site.toml")
+    assert (site.user, site.group, site.mode) == ("root", "root", 0o600)
+    # No host keys from the image: the node made its own on /var.
+    assert host.run("ls /etc/ssh/ssh_host_*").rc != 0
+    assert host.file("/var/lib/kubermesh/ssh/ssh_host_ed25519_key").mode == 0o600
+    # root's only key is the one the test passed as an SMBIOS credential.
+    keys = host.file("/root/.ssh/authorized_keys").content_string
+    assert keys.count("ssh-") == 1 and "kubermesh-vm-test" in keys
+
+
+def test_dm_verity_refuses_a_flipped_byte(guests: Guests) -> None:
+    vm = guests.corrupted
+    vm.wait_ssh()
+    r = vm.ssh(f"cat {guests.corrupted_file} > /dev/null", check=False)
+    assert r.returncode != 0, "a file with a flipped byte was read without error"
+    assert "Input/output error" in r.stderr
+    # dm-verity said so, not squashfs; and a second read fails the same way.
+    kmsg = vm.ssh("dmesg", check=False).stdout
+    assert "verity" in kmsg and "corrupted" in kmsg, kmsg[-2000:]
+    assert vm.ssh(f"sha256sum {guests.corrupted_file}", check=False).returncode != 0
+    # Everything else on the root still reads.
+    assert vm.ssh("cat /usr/lib/os-release > /dev/null").returncode == 0
+
+
+def test_var_survives_reboot(main: VM) -> None:
+    token = secrets.token_hex(16)
+    main.ssh(f"mkdir -p /var/lib/kubermesh-test && echo {token} > /var/lib/kubermesh-test/token"
+             " && sync")
+    machine_id = main.ssh("cat /etc/machine-id").stdout.strip()
+    before = main.boot_id()
+    main.ssh("systemctl reboot", check=False, timeout=60)
+    poll("the guest to come back with a new boot id",
+         lambda: main._ssh_ready() and main.boot_id() != before, timeout=900, every=5)
+    assert main.ssh("cat /var/lib/kubermesh-test/token").stdout.strip() == token
+    assert main.ssh("cat /etc/machine-id").stdout.strip() == machine_id
+    assert main.ssh("systemctl is-system-running --wait", check=False,
+                    timeout=600).stdout.strip() == "running", main.ssh(
+        "systemctl --failed --no-legend", check=False).stdout
