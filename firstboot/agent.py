@@ -266,16 +266,20 @@ class Agent:
             notify(WATCHDOG="1", STATUS=f"{st.stage}: {st.routes_to}/{st.known_nodes} routed")
 
 
+SYSTEM_CREDENTIALS = Path("/run/credentials/@system")
+
+
 def _credential_not_mesh() -> list[str]:
-    """NICs the machine's owner marked as not mesh, e.g. a management NIC, passed as
-    the systemd credential kubermesh.not_mesh (SMBIOS type 11 under QEMU)."""
+    """NICs the machine's owner marked as not mesh, e.g. a management NIC: the
+    credential kubermesh.not_mesh (names or MAC globs), the unit's own or the
+    system's (SMBIOS type 11 under QEMU). Absent, every physical NIC is mesh."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        return []
-    try:
-        return (Path(directory) / "kubermesh.not_mesh").read_text().split()
-    except OSError:
-        return []
+    for d in ([Path(directory)] if directory else []) + [SYSTEM_CREDENTIALS]:
+        try:
+            return (d / "kubermesh.not_mesh").read_text().split()
+        except OSError:
+            continue
+    return []
 
 
 def _sysctl(key: str, value: str) -> None:
