@@ -19,7 +19,7 @@ import random
 import subprocess
 import time
 
-from bench.common import lab, save, site_file, summary
+from bench.common import lab, save, summary
 from bench.failover import INTERVAL, KILL_AT, STREAM, outage, pick_trial
 from mesh.lab import Lab
 from mesh.labstack import kernel_routes, node_address, start_overlay
@@ -66,7 +66,7 @@ def main() -> None:
     v6: list[float] = []
     v4: list[float] = []
     with lab() as the_lab:
-        the_lab.up(parse(args.topology), site_file())
+        the_lab.up(parse(args.topology))  # a fresh site, kept in the lab directory
         the_lab.wait_converged(120)
         for n in the_lab.state.nodes:
             start_overlay(the_lab, n.index)
