@@ -6,7 +6,8 @@
 One loop, list then watch: it reads the kernel's state in full at start, after
 a link or address change, after a failure and every minute; in between it
 follows the IPv6 route messages themselves (a pass costs what changed, not a
-dump of every route: that matters when one SPF run moves hundreds of routes).
+dump of every route: that matters when one SPF run moves hundreds of routes),
+and 2 s after a burst of them one full read confirms the result.
   1. the kernel's IPv6 routes to pod-block claims (mesh.pods: a /128 in
      <ula>:2::/64 that embeds an IPv4 block and its owner's router-id);
   2. choose this node's block (keep it unless a lower router-id claims it too;
@@ -55,6 +56,8 @@ RTPROT_KUBERMESH = 77
 ROUTE_METRIC = 20
 RETRY = 1.0
 RESYNC = 60.0  # seconds between full reads of the kernel's state, as a safety net
+# After a burst of changes applied from messages alone, one full read confirms them.
+VERIFY = 2.0
 # A node with no block chooses once it has had routes for this long: SPF installs
 # the routes of a freshly synchronised LSDB within a moment of each other.
 ATTACHED_FOR = 1.0
@@ -352,7 +355,7 @@ class Overlay:
         return bool(event != "RTM_NEWADDR")
 
     def run(self, watch: NetlinkWatch) -> None:
-        full, last_full = True, 0.0
+        full, last_full, verify_at = True, 0.0, None
         while True:
             start = time.monotonic()
             try:
@@ -363,9 +366,12 @@ class Overlay:
                 log.exception("reconcile failed")
                 self._failed("reconcile", e)
             if full:
-                last_full = start
+                last_full, verify_at = start, None
+            elif verify_at is None:
+                verify_at = start + VERIFY
             retry = bool(self.failures) or self.block is None
-            timeout = RETRY if retry else max(0.0, last_full + RESYNC - time.monotonic())
+            due = last_full + RESYNC if verify_at is None else verify_at
+            timeout = RETRY if retry else max(0.0, due - time.monotonic())
             batch = watch.wait(timeout)
             # Anything but route messages (links, addresses), a timeout (retry or
             # resync), or a failure: read everything again. Else apply the messages.
