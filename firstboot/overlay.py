@@ -3,8 +3,12 @@
     python -m firstboot.overlay --site /etc/kubermesh/site.toml \
         --node-id ID --router-id A.B.C.D [--state FILE] [--cni-dir DIR]
 
-One loop, woken by netlink events:
-  1. read the kernel's IPv6 routes to pod-block claims (mesh.pods: a /128 in
+One loop, list then watch: it reads the kernel's state in full at start, after
+a link or address change, after a failure and every minute; in between it
+follows the IPv6 route messages themselves (a pass costs what changed, not a
+dump of every route: that matters when one SPF run moves hundreds of routes),
+and 2 s after a burst of them one full read confirms the result.
+  1. the kernel's IPv6 routes to pod-block claims (mesh.pods: a /128 in
      <ula>:2::/64 that embeds an IPv4 block and its owner's router-id);
   2. choose this node's block (keep it unless a lower router-id claims it too;
      else the first free candidate of its id), and announce it: the claim /128
@@ -33,6 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+)
 
 from firstboot.runtime import NetlinkWatch, Stop, setup_logging, stop_on_signals
 from firstboot.systemd import notify
@@ -46,10 +56,18 @@ RTPROT_KUBERMESH = 77
 # Above the kernel's connected routes (metric 0): the CNI bridge's own block wins.
 ROUTE_METRIC = 20
 RETRY = 1.0
+RESYNC = 60.0  # seconds between full reads of the kernel's state, as a safety net
+# After a burst of changes applied from messages alone, one full read confirms them.
+VERIFY = 2.0
 # A node with no block chooses once it has had routes for this long: SPF installs
 # the routes of a freshly synchronised LSDB within a moment of each other.
 ATTACHED_FOR = 1.0
 CNI_FILE = "10-kubermesh.conflist"
+# IPv6 routes drive it; links and addresses too. Not IPv4 routes: on a change it
+# rewrites dozens, and reading back every echo cost more CPU than the change itself.
+# (The kernel drops routes of a link that goes down silently anyway: link events
+# and the full read of each pass cover that.)
+WATCHED = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
 
 log = logging.getLogger("kubermesh.overlay")
 
@@ -142,6 +160,11 @@ class Overlay:
         self.attached_since: float | None = None
         self.failures: set[str] = set()
         self.ready = False
+        # What the kernel has, as last read or told by netlink.
+        self.claims: dict[IPv6Address, BlockClaim] = {}
+        self.hops: dict[IPv6Address, Hops] = {}
+        self.attached = False
+        self.installed: dict[IPv4Network, Hops] | None = None  # None: read it again
 
     def _remembered(self) -> IPv4Network | None:
         try:
@@ -164,22 +187,29 @@ class Overlay:
 
     # what the kernel has
 
-    def observe(self) -> tuple[dict[IPv6Address, BlockClaim], dict[IPv6Address, Hops], bool]:
-        """Claims routed to (others'), their next hops, and whether any IGP route exists."""
-        claims: dict[IPv6Address, BlockClaim] = {}
-        hops: dict[IPv6Address, Hops] = {}
-        attached = False
+    def observe(self) -> None:
+        """Read every IPv6 route: others' claims, their next hops, and whether any
+        route of the site exists (the node is on the mesh)."""
+        self.claims, self.hops, self.attached = {}, {}, False
         for r in self.ipr.get_routes(family=socket.AF_INET6, table=254):
-            if r["type"] != 1 or r["dst_len"] != 128:  # unicast host routes only
-                continue
-            dst = IPv6Address(_attr(r, "RTA_DST"))
-            if dst in self.ula and not dst.is_link_local:
-                attached = True
-            claim = pods.parse_claim(self.ula, self.cfg.site.pods, dst)
-            if claim is not None and claim.owner != self.cfg.router_id:
-                claims[dst] = claim
-                hops[dst] = route_hops(r)
-        return claims, hops, attached
+            self.learn(r, "RTM_NEWROUTE")
+
+    def learn(self, r: Any, event: str) -> None:
+        """Take one IPv6 route (from a dump or a netlink message) into the model."""
+        if r["dst_len"] != 128 or _attr(r, "RTA_DST") is None:
+            return
+        dst = IPv6Address(_attr(r, "RTA_DST"))
+        if dst in self.ula and event == "RTM_NEWROUTE":
+            self.attached = True
+        claim = pods.parse_claim(self.ula, self.cfg.site.pods, dst)
+        if claim is None or claim.owner == self.cfg.router_id:
+            return
+        if event == "RTM_NEWROUTE" and r["type"] == 1 and r.get("table", 254) == 254:
+            self.claims[dst] = claim
+            self.hops[dst] = route_hops(r)
+        elif event == "RTM_DELROUTE":
+            self.claims.pop(dst, None)
+            self.hops.pop(dst, None)
 
     def installed_routes(self) -> dict[IPv4Network, Hops]:
         out = {}
@@ -196,18 +226,25 @@ class Overlay:
 
     # one pass
 
-    def reconcile(self) -> None:
+    def reconcile(self, full: bool = True) -> None:
+        """One pass. `full` reads the kernel's routes and addresses afresh; otherwise
+        the model as netlink messages left it is trusted."""
         self.failures.clear()
-        claims, hops, attached = self.observe()
+        if full:
+            self.observe()
+            self.installed = None
         now = time.monotonic()
-        if attached and self.attached_since is None:
+        if self.attached and self.attached_since is None:
             self.attached_since = now
         if self.block is None and now - self.started < self.cfg.settle and (
                 self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
             return  # others' claims are not all known yet: choose a moment later
-        self._choose(list(claims.values()))
-        self._apply_addresses()
-        self._apply_routes(desired_routes(claims, hops, self.block))
+        before = self.block
+        self._choose(list(self.claims.values()))
+        # Routes first: after a failure elsewhere in the mesh, they are what traffic waits for.
+        self._apply_routes(desired_routes(self.claims, self.hops, self.block))
+        if full or self.block != before:
+            self._apply_addresses()
         if self.block is not None and not self.failures and not self.ready:
             self.ready = True
             notify(READY="1", STATUS=f"pod block {self.block}")
@@ -265,44 +302,88 @@ class Overlay:
                           address=str(a.ip), prefixlen=a.network.prefixlen)
 
     def _apply_routes(self, want: dict[IPv4Network, Hops]) -> None:
-        try:
-            have = self.installed_routes()
-        except Exception as e:
-            self._failed("reading IPv4 routes", e)
-            return
+        if self.installed is None:
+            try:
+                self.installed = self.installed_routes()
+            except Exception as e:
+                self._failed("reading IPv4 routes", e)
+                return
+        have = self.installed
         for block, hops in sorted(want.items()):
             if have.get(block) == hops:
                 continue
             multipath = [{"oif": h.oif, "via": {"family": socket.AF_INET6,
                                                 "addr": str(h.gateway)}} for h in hops]
-            verb = "change" if block in have else "add"
-            self._netlink(f"route {block} via {', '.join(f'{h.gateway}%{h.oif}' for h in hops)}",
-                          self.ipr.route, "replace", dst=str(block), multipath=multipath,
-                          proto=RTPROT_KUBERMESH, priority=ROUTE_METRIC, table=254)
-            log.debug("%s route %s", verb, block)
+            if self._netlink(f"route {block} via "
+                             f"{', '.join(f'{h.gateway}%{h.oif}' for h in hops)}",
+                             self.ipr.route, "replace", dst=str(block), multipath=multipath,
+                             proto=RTPROT_KUBERMESH, priority=ROUTE_METRIC, table=254):
+                log.debug("%s route %s", "changed" if block in have else "added", block)
+                have[block] = hops
+            else:
+                have.pop(block, None)  # unknown now: the retry's full read will tell
         for block in sorted(set(have) - set(want)):
-            self._netlink(f"remove route {block}", self.ipr.route, "del", dst=str(block),
-                          proto=RTPROT_KUBERMESH, priority=ROUTE_METRIC, table=254)
+            if self._netlink(f"remove route {block}", self.ipr.route, "del", dst=str(block),
+                             proto=RTPROT_KUBERMESH, priority=ROUTE_METRIC, table=254):
+                del have[block]
 
-    def _netlink(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+    def _netlink(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
         try:
             fn(*args, **kwargs)
+            return True
         except Exception as e:
             self._failed(what, e)
+            return False
 
     def _failed(self, what: str, e: BaseException) -> None:
         self.failures.add(what)
         log.error("%s failed (retrying in %.0f s): %s", what, RETRY, e)
 
+    def relevant(self, msg: Any) -> bool:
+        """Whether a netlink message can change what this agent should do. Called in
+        the watch thread; it reads `block` only."""
+        event = msg.get("event")
+        if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+            if msg["family"] == socket.AF_INET:
+                # Not the echo of a route it installed itself; its deletion counts.
+                return bool(msg["proto"] != RTPROT_KUBERMESH or event == "RTM_DELROUTE")
+            dst = _attr(msg, "RTA_DST")
+            if dst is None or msg["dst_len"] != 128:
+                return False
+            addr = IPv6Address(dst)
+            return addr in self.pod_subnet or (self.block is None and addr in self.ula)
+        # Its own addresses appearing, no; anything removed from lo, links, nexthops: yes.
+        return bool(event != "RTM_NEWADDR")
+
     def run(self, watch: NetlinkWatch) -> None:
+        full, last_full, verify_at = True, 0.0, None
         while True:
+            start = time.monotonic()
             try:
-                self.reconcile()
+                self.reconcile(full)
+                log.debug("%s pass took %.0f ms", "full" if full else "event",
+                          (time.monotonic() - start) * 1000)
             except Exception as e:  # a bug or a kernel surprise: say so, try again
                 log.exception("reconcile failed")
                 self._failed("reconcile", e)
-            waiting = self.block is None
-            watch.wait(RETRY if self.failures or waiting else None)
+            if full:
+                last_full, verify_at = start, None
+            elif verify_at is None:
+                verify_at = start + VERIFY
+            retry = bool(self.failures) or self.block is None
+            due = last_full + RESYNC if verify_at is None else verify_at
+            timeout = RETRY if retry else max(0.0, due - time.monotonic())
+            batch = watch.wait(timeout)
+            # Anything but route messages (links, addresses), a timeout (retry or
+            # resync), or a failure: read everything again. Else apply the messages.
+            full = not batch or retry or any(not is_route(m) for m in batch)
+            if not full:
+                for m in batch:
+                    self.learn(m, m["event"])
+
+
+def is_route(msg: Any) -> bool:
+    return msg.get("event") in ("RTM_NEWROUTE", "RTM_DELROUTE")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -340,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         with IPRoute() as ipr:
             # Left in place on exit, on purpose: pods keep their routes while the
             # agent restarts, and the next run reconciles whatever changed meanwhile.
-            Overlay(cfg, ipr).run(NetlinkWatch())
+            overlay = Overlay(cfg, ipr)
+            overlay.run(NetlinkWatch(overlay.relevant, groups=WATCHED))
     except Stop as e:
         log.info("stopping on %s", e)
     return 0

@@ -8,7 +8,9 @@ import queue
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import (
@@ -28,8 +30,10 @@ log = logging.getLogger("kubermesh")
 
 def setup_logging(name: str, debug: bool = False) -> logging.Logger:
     """One line per event on stderr: the journal (or the lab's node log) keeps it."""
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if debug else logging.INFO,
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format=f"%(asctime)s {name}: %(message)s")
+    # --debug is about the agent, not pyroute2's message-level chatter.
+    logging.getLogger("kubermesh").setLevel(logging.DEBUG if debug else logging.INFO)
     return logging.getLogger(f"kubermesh.{name}")
 
 
@@ -46,19 +50,26 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
+          | RTMGRP_IPV6_ROUTE)
+
+
 class NetlinkWatch:
     """Routes, addresses and links changing in this network namespace.
 
-    A thread reads the multicast groups and puts one token per batch of messages
-    on a queue; the agent's loop waits on it (`wait`) and then reads the state
-    it needs afresh (level-triggered, so a lost or coalesced event costs nothing).
+    A thread reads the multicast groups and queues the messages an agent finds
+    relevant; the agent's loop takes them in batches (`wait`).
     """
 
-    GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
-              | RTMGRP_IPV6_ROUTE)
-
-    def __init__(self) -> None:
-        self._events: queue.Queue[BaseException | None] = queue.Queue()
+    def __init__(self, relevant: Callable[[Any], bool] = lambda _: True,
+                 groups: int = GROUPS) -> None:
+        """`relevant(message)` says which messages wake the loop: an agent ignores
+        the echoes of its own changes, which would only cost it another pass.
+        `groups` are the rtnetlink multicast groups read (every message is parsed,
+        so fewer groups is less work when SPF rewrites many routes at once)."""
+        self._relevant = relevant
+        self._groups = groups
+        self._events: queue.Queue[Any] = queue.Queue()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="netlink-watch", daemon=True)
         self._thread.start()
@@ -67,30 +78,31 @@ class NetlinkWatch:
     def _run(self) -> None:
         try:
             with IPRoute() as ipr:
-                ipr.bind(groups=self.GROUPS)
+                ipr.bind(groups=self._groups)
                 ipr.asyncore.add_membership(RTNLGRP_NEXTHOP)
                 self._ready.set()
                 while True:
-                    if ipr.get():
-                        self._events.put(None)
+                    for m in ipr.get():
+                        if self._relevant(m):
+                            self._events.put(m)
         except BaseException as e:  # reported to the main loop, which exits
             self._ready.set()
             self._events.put(e)
 
-    def wait(self, timeout: float | None, settle: float = 0.05) -> bool:
-        """Block until the kernel reports a change or `timeout` passes; True on a change.
+    def wait(self, timeout: float | None, settle: float = 0.02) -> list[Any]:
+        """The next batch of messages, in order; empty if `timeout` passed first.
 
-        After a change, messages that follow within `settle` seconds are taken
-        with it, so a burst of updates (SPF replacing many routes) is one wake-up.
+        After a message, those that follow within `settle` seconds are taken
+        with it, so a burst of updates (SPF replacing many routes) is one batch.
         """
         try:
-            item = self._events.get(timeout=timeout)
+            batch = [self._events.get(timeout=timeout)]
         except queue.Empty:
-            return False
+            return []
         while True:
-            if item is not None:
-                raise RuntimeError(f"netlink watch failed: {item!r}") from item
+            if isinstance(batch[-1], BaseException):
+                raise RuntimeError(f"netlink watch failed: {batch[-1]!r}") from batch[-1]
             try:
-                item = self._events.get(timeout=settle)
+                batch.append(self._events.get(timeout=settle))
             except queue.Empty:
-                return True
+                return batch

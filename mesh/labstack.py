@@ -30,7 +30,7 @@ def _url(addr: IPv6Address | str, port: int, path: str = "") -> str:
 # --- overlay
 
 
-def start_overlay(lab: Lab, ref: str | int, settle: float = 10.0) -> int:
+def start_overlay(lab: Lab, ref: str | int, settle: float = 10.0, debug: bool = False) -> int:
     n = lab.node(ref)
     d = lab.node_dir(n)
     return lab.spawn(n.index, [
@@ -38,6 +38,7 @@ def start_overlay(lab: Lab, ref: str | int, settle: float = 10.0) -> int:
         "--node-id", n.node_id, "--router-id", n.router_id,
         "--state", str(d / "overlay.json"), "--cni-dir", str(d / "cni"),
         "--cni-data-dir", str(d / "cni-data"), "--settle", str(settle),
+        *(["--debug"] if debug else []),
     ], "overlay")
 
 

@@ -134,3 +134,33 @@ def test_yields_to_a_lower_router_id_and_cleans_up(site: Site, tmp_path: Path) -
     assert (str(pods.node_address(mine)), 32) not in k.addrs
     assert str(mine) in k.v4  # now routed to its keeper
     assert str(a.block) in (tmp_path / "overlay.json").read_text()
+
+
+def test_route_messages_are_applied_without_reading_everything_again(site: Site,
+                                                                    tmp_path: Path) -> None:
+    k = Kernel()
+    b1, b2 = IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24")
+    k.claim_route(site, BlockClaim(b1, IPv4Address("10.0.0.1")), [("fe80::1", 2)])
+    a = agent(site, tmp_path, k)
+    a.reconcile()
+    assert set(k.v4) == {str(b1)}
+    reads: list[dict[str, Any]] = []
+
+    def no_reads(*args: Any, **kw: Any) -> list[Any]:
+        reads.append(kw)
+        return []
+
+    k.get_routes = no_reads  # type: ignore[method-assign]
+    # A new claim arrives, then the first one moves to other next hops.
+    k.claim_route(site, BlockClaim(b2, IPv4Address("10.0.0.2")), [("fe80::2", 3)])
+    a.learn(k.v6[-1], "RTM_NEWROUTE")
+    moved = dict(k.v6[0], attrs=[k.v6[0]["attrs"][0], ("RTA_MULTIPATH", [
+        {"oif": 3, "attrs": [("RTA_GATEWAY", "fe80::2")]}])])
+    a.learn(moved, "RTM_NEWROUTE")
+    a.reconcile(full=False)
+    assert reads == []
+    assert set(k.v4) == {str(b1), str(b2)}
+    assert via(k.v4[str(b1)]) == [("fe80::2", 3)]
+    a.learn(k.v6[-1], "RTM_DELROUTE")
+    a.reconcile(full=False)
+    assert set(k.v4) == {str(b1)} and reads == []
