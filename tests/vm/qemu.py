@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+MGMT_MAC = "52:54:00:6b:6d:01"  # the management NIC of every test VM
 BOOT_TIMEOUT = 900.0  # TCG boots in ~2 min alone; with two VMs on two shared cores, more
 
 
@@ -85,6 +86,8 @@ class VM:
         shutil.copyfile(OVMF_VARS, vars_fd)
         cpu = "max" if self.accel == "tcg" else "host"
         credential = f"io.systemd.credential:ssh.authorized_keys.root={self.pubkey}"
+        # The user-mode NIC is the test's way in, not a mesh link: the node is told so.
+        not_mesh = f"io.systemd.credential:kubermesh.not_mesh={MGMT_MAC}"
         cmd = [
             "nice", "-n", "10", "qemu-system-x86_64", "-name", self.name,
             "-machine", "q35", "-accel", self.accel, "-cpu", cpu,
@@ -94,9 +97,10 @@ class VM:
             "-drive", f"if=none,id=disk,format=raw,file={self.disk}",
             "-device", "virtio-blk-pci,drive=disk,bootindex=1",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-            "-device", "virtio-net-pci,netdev=net0",
+            "-device", f"virtio-net-pci,netdev=net0,mac={MGMT_MAC}",
             "-device", "virtio-rng-pci",
             "-smbios", f"type=11,value={credential}",
+            "-smbios", f"type=11,value={not_mesh}",
             "-serial", f"file:{self.console}",
         ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
