@@ -25,22 +25,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-import jinja2
-
-from mesh import pods
+from mesh import pods, render
 from mesh.site import Site, SiteError, load_site
 
 APISERVER_PORT = 6443
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("firstboot", "templates"),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
+_env = render.environment("firstboot")
 
 
 @dataclass(frozen=True)

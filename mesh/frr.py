@@ -5,22 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import jinja2
-
+from mesh import render
 from mesh.plan import NodeIdentity
 from mesh.site import Site
 
 FRR_DAEMONS = ("zebra", "ospf6d", "bfdd")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("mesh", "templates"),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
+_env = render.environment("mesh")
 
 
 def render_frr_conf(site: Site, node: NodeIdentity, links: Sequence[str],
