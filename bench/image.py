@@ -96,9 +96,11 @@ def main() -> int:
     p.add_argument("--cold", action="store_true", help="build with an empty download cache")
     a = p.parse_args()
     if a.what == "build":
-        out = a.output if a.output != ROOT / "out" else ROOT / "out-bench"
-        build(a.cold, out)
-        shutil.rmtree(out, ignore_errors=True)
+        if a.output == ROOT / "out":  # a benchmark build does not replace out/ unless asked
+            build(a.cold, ROOT / "out-bench")
+            shutil.rmtree(ROOT / "out-bench", ignore_errors=True)
+        else:
+            build(a.cold, a.output)
     elif a.what == "sizes":
         sizes(a.output)
     else:
