@@ -1,6 +1,7 @@
 """Image benchmarks: cold and warm build time, artifact sizes, boot time under QEMU.
 
-    python -m bench.image build [--cold]   time `kubermesh build` (cold: empty download cache)
+    python -m bench.image build [DIR] [--cold]
+                                           time `kubermesh build` (cold: empty download cache)
     python -m bench.image sizes [DIR]      sizes of the raw disk, UKI, root, and what dominates
     python -m bench.image boot [DIR]       boot kubermesh.raw under OVMF (TCG unless KVM works)
                                            to multi-user, as seen over SSH and by systemd-analyze
@@ -92,17 +93,20 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.image", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("build", "sizes", "boot"))
-    p.add_argument("output", nargs="?", type=Path, default=ROOT / "out")
+    p.add_argument("output", nargs="?", type=Path,
+                   help="image directory (default: out/; for build, a scratch directory)")
     p.add_argument("--cold", action="store_true", help="build with an empty download cache")
     a = p.parse_args()
     if a.what == "build":
-        out = a.output if a.output != ROOT / "out" else ROOT / "out-bench"
-        build(a.cold, out)
-        shutil.rmtree(out, ignore_errors=True)
+        if a.output is None:  # a benchmark build does not replace out/ unless asked
+            build(a.cold, ROOT / "out-bench")
+            shutil.rmtree(ROOT / "out-bench", ignore_errors=True)
+        else:
+            build(a.cold, a.output)
     elif a.what == "sizes":
-        sizes(a.output)
+        sizes(a.output or ROOT / "out")
     else:
-        boot(a.output)
+        boot(a.output or ROOT / "out")
     return 0
 
 

@@ -16,10 +16,14 @@ STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 PAGE = 4096
 
 # For every boot: the console on screen and on the first serial port (VMs,
-# servers), no interactive first-boot questions, and no GPT auto-mounts: the
-# initrd decides about /var (units/dracut/kubermesh-sysroot.sh).
+# servers), no interactive first-boot questions, no GPT auto-mounts (the
+# initrd decides about /var, units/dracut/kubermesh-sysroot.sh), and 5 min
+# rather than 90 s for starting units, the root's devices among them (systemd
+# 252 has no separate device timeout): slow USB sticks and emulated VMs on a
+# busy host took longer, and the initrd has no shell to fall back to.
 COMMON = ("console=tty0", "console=ttyS0,115200", "systemd.firstboot=off",
-          "systemd.gpt_auto=0", "rd.systemd.gpt_auto=0")
+          "systemd.gpt_auto=0", "rd.systemd.gpt_auto=0",
+          "systemd.default_timeout_start_sec=300")
 
 
 def disk_cmdline(root: VerityRoot) -> str:
