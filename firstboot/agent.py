@@ -35,9 +35,10 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from firstboot import hardware, networkd, status
-from firstboot.status import LinkStatus, NodeStatus, Stage
+from firstboot.overlay import RTPROT_KUBERMESH
+from firstboot.status import AnycastStatus, LinkStatus, NodeStatus, OverlayStatus, Stage
 from firstboot.systemd import log, notify, watchdog_interval
-from mesh import plan
+from mesh import plan, pods
 from mesh.frr import render_frr_conf
 from mesh.plan import HardwareIdentity, NodeIdentity
 from mesh.site import Site, load_site
@@ -47,6 +48,13 @@ FRR_RELOAD = "/usr/lib/frr/frr-reload.py"
 # a node fighting another with the same router-id re-originates it constantly.
 LSA_WAR_WINDOW = 10.0
 LSA_WAR_BUMPS = 20
+KUBELET_UNIT = "kubermesh-kubelet.service"
+# The node's identity for the units that follow the agent (overlay, kubelet).
+NODE_ENV = Path("/run/kubermesh/node.env")
+# The anycast services this node runs, for kubermesh-anycast.service; present
+# only on nodes that run any (the credential kubermesh.anycast, one
+# name=probe-URL per line, e.g. etcd=http://[::1]:2379/health).
+ANYCAST_ENV = Path("/run/kubermesh/anycast.env")
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class Options:
     set_hostname: bool = True
     log_file: str = "syslog informational"
     networkd_dir: Path | None = None  # the image: /run/systemd/network; the lab: none
+    env_dir: Path | None = None  # where node.env and anycast.env go (the image: /run/kubermesh)
+    kubelet_binary: Path = Path("/usr/bin/kubelet")
 
 
 class Agent:
@@ -75,6 +85,8 @@ class Agent:
         self.applied_links: tuple[str, ...] | None = None
         self.applied_networkd: dict[str, str] | None = None
         self.stage = Stage.BOOTING
+        self.joined = 0  # the number of other nodes last reported all routed
+        self.in_conflict = False
         self.own_lsa_seq: deque[tuple[float, int]] = deque()
         self.errors: dict[str, str] = {}
         self.ipr = IPRoute()
@@ -90,6 +102,19 @@ class Agent:
         have = {a.get("IFA_ADDRESS") for a in self.ipr.get_addr(index=lo, family=socket.AF_INET6)}
         if str(self.node.loopback) not in have:
             self.ipr.addr("add", index=lo, address=str(self.node.loopback), prefixlen=128)
+
+    def reconcile_env(self) -> None:
+        """node.env and anycast.env, which the overlay, anycast and kubelet units read."""
+        d = self.opts.env_dir
+        if d is None:
+            return
+        _write_if_changed(d / NODE_ENV.name, node_env(self.node))
+        services = _credential("kubermesh.anycast")
+        anycast = d / ANYCAST_ENV.name
+        if services:
+            _write_if_changed(anycast, anycast_env(services.split()))
+        else:
+            anycast.unlink(missing_ok=True)
 
     def mesh_links(self) -> tuple[str, ...]:
         nics = hardware.nics(self.opts.sysfs)
@@ -189,22 +214,68 @@ class Agent:
         routers = {x["advRouter"] for x in lsas} - {me}
         own_seq = max((x["seqNum"] for x in lsas if x["advRouter"] == me), default=None)
         conflicts = self._lsa_war(own_seq)
-        loops = plan.loopback_subnet(self.site.mesh.ula)
+        ula = self.site.mesh.ula
+        loops = plan.loopback_subnet(ula)
+        routes6 = [r for r in self.ipr.get_routes(family=socket.AF_INET6)
+                   if r["dst_len"] == 128 and r.get_attr("RTA_DST") and r["proto"] != 2]
         routed = {
-            r.get_attr("RTA_DST") for r in self.ipr.get_routes(family=socket.AF_INET6)
-            if r["dst_len"] == 128 and r.get_attr("RTA_DST")
-            and ipaddress.IPv6Address(r.get_attr("RTA_DST")) in loops
+            r.get_attr("RTA_DST") for r in routes6  # not kernel-local (proto 2)
+            if ipaddress.IPv6Address(r.get_attr("RTA_DST")) in loops
             and r.get_attr("RTA_DST") != str(self.node.loopback)
-            and r["proto"] != 2  # not kernel-local
         }
-        stage = status.stage_of(tuple(link_status), len(routers), len(routed))
+        local = self._lo_addresses()
+        overlay = self._overlay_status(routes6, local)
+        dests = {ipaddress.IPv6Address(r.get_attr("RTA_DST")) for r in routes6}
+        anycast = tuple(
+            AnycastStatus(name, str(addr), "local" if addr in local else
+                          "routed" if addr in dests else "unreachable")
+            for name, addr in sorted(self.site.anycast.items()))
+        apiserver = next((a.state for a in anycast if a.service == "apiserver"), "")
+        kubelet = self._kubelet_state()
+        stage = status.stage_of(tuple(link_status), len(routers), len(routed), overlay,
+                                apiserver, kubelet)
         return NodeStatus(
             node_id=self.node.node_id, hostname=self.node.hostname, identity=str(self.hw),
             loopback=str(self.node.loopback), router_id=me, stage=stage,
             links=tuple(link_status), known_nodes=len(routers), routes_to=len(routed),
             known=tuple(sorted(routers)), routed=tuple(sorted(routed)),
             conflicts=conflicts, errors=tuple(f"{k}: {v}" for k, v in self.errors.items()),
+            overlay=overlay, anycast=anycast, kubelet=kubelet,
         )
+
+    def _lo_addresses(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        lo = self.ipr.link_lookup(ifname="lo")[0]
+        return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
+                for a in self.ipr.get_addr(index=lo)}
+
+    def _overlay_status(self, routes6: list[Any],
+                        local: set[ipaddress.IPv4Address | ipaddress.IPv6Address]
+                        ) -> OverlayStatus:
+        """What the overlay agent has done, read back from the kernel: this node's
+        claim on lo, the other nodes' claims it routes to, and their IPv4 routes."""
+        ula, site_pods = self.site.mesh.ula, self.site.pods
+        mine = [c for a in local if isinstance(a, ipaddress.IPv6Address)
+                and (c := pods.parse_claim(ula, site_pods, a)) is not None
+                and c.owner == self.node.router_id]
+        others = {c.block for r in routes6
+                  if (c := pods.parse_claim(ula, site_pods,
+                                            ipaddress.IPv6Address(r.get_attr("RTA_DST"))))
+                  is not None and c.owner != self.node.router_id}
+        routed = {ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
+                  for r in self.ipr.get_routes(family=socket.AF_INET)
+                  if r["proto"] == RTPROT_KUBERMESH and r.get_attr("RTA_DST")}
+        if not mine:
+            return OverlayStatus(blocks_known=len(others))
+        block = mine[0].block
+        return OverlayStatus(str(block), str(pods.node_address(block)), len(others),
+                             len(others & routed))
+
+    def _kubelet_state(self) -> str:
+        if not self.opts.kubelet_binary.exists():
+            return status.KUBELET_NOT_INSTALLED
+        r = subprocess.run(["systemctl", "is-active", KUBELET_UNIT], capture_output=True,
+                           text=True, timeout=10, check=False)
+        return r.stdout.strip() or "unknown"
 
     def _lsa_war(self, own_seq: int | None) -> tuple[str, ...]:
         now = time.monotonic()
@@ -224,7 +295,8 @@ class Agent:
     # --- the loop
 
     def step(self) -> NodeStatus:
-        for name, controller in (("identity", self.reconcile_identity),):
+        for name, controller in (("identity", self.reconcile_identity),
+                                 ("env", self.reconcile_env)):
             self._guard(name, controller)
         links = self.mesh_links()
         self._guard("networkd", lambda: self.reconcile_networkd(links))
@@ -235,8 +307,18 @@ class Agent:
             log(f"kubermesh: stage {self.stage} -> {st.stage} ({st.routes_to}/{st.known_nodes}"
                 " nodes routed)", "notice", stage=str(st.stage))
             self.stage = st.stage
-        for c in st.conflicts:
-            log(f"kubermesh: CONFLICT: {c}", "error", conflict=c)
+        joined = st.routes_to if st.known_nodes and st.routes_to == st.known_nodes else 0
+        if joined and joined != self.joined:
+            # "Mesh joined" as it grows, for people and for power-on-to-joined timings.
+            log(f"kubermesh: mesh joined: routes to all {joined} other nodes", "notice",
+                routes_to=str(joined))
+        self.joined = joined
+        if bool(st.conflicts) != self.in_conflict:  # reported when it starts and ends
+            for c in st.conflicts:
+                log(f"kubermesh: CONFLICT: {c}", "error", conflict=c)
+            if not st.conflicts:
+                log("kubermesh: identity conflict over", "notice")
+            self.in_conflict = bool(st.conflicts)
         status.write(st, self.opts.status_file)
         return st
 
@@ -271,15 +353,51 @@ SYSTEM_CREDENTIALS = Path("/run/credentials/@system")
 
 def _credential_not_mesh() -> list[str]:
     """NICs the machine's owner marked as not mesh, e.g. a management NIC: the
-    credential kubermesh.not_mesh (names or MAC globs), the unit's own or the
-    system's (SMBIOS type 11 under QEMU). Absent, every physical NIC is mesh."""
+    credential kubermesh.not_mesh (names or MAC globs). Absent, every physical
+    NIC is mesh."""
+    return _credential("kubermesh.not_mesh").split()
+
+
+def _credential(name: str) -> str:
+    """A credential, the unit's own or the system's (SMBIOS type 11 under QEMU,
+    imported by systemd); "" when there is none."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     for d in ([Path(directory)] if directory else []) + [SYSTEM_CREDENTIALS]:
         try:
-            return (d / "kubermesh.not_mesh").read_text().split()
+            return (d / name).read_text()
         except OSError:
             continue
-    return []
+    return ""
+
+
+def node_env(node: NodeIdentity) -> str:
+    """The node's identity as an EnvironmentFile= (pure)."""
+    return "".join(f"{k}={v}\n" for k, v in (
+        ("KUBERMESH_NODE_ID", node.node_id), ("KUBERMESH_HOSTNAME", node.hostname),
+        ("KUBERMESH_LOOPBACK", node.loopback), ("KUBERMESH_ROUTER_ID", node.router_id)))
+
+
+def anycast_env(services: list[str]) -> str:
+    """`name=URL` entries as the anycast agent's arguments (pure). systemd splits
+    the value on spaces, so none may hold one, nor a quote or a `$`."""
+    for svc in services:
+        name, sep, url = svc.partition("=")
+        if not sep or not name or not url or any(c in svc for c in " '\"\\$"):
+            raise ValueError(f"credential kubermesh.anycast: {svc!r} is not name=probe-URL")
+    args = " ".join(f"--service {svc}" for svc in services)
+    return f"KUBERMESH_ANYCAST_SERVICES={args}\n"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _sysctl(key: str, value: str) -> None:
@@ -316,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default="syslog informational", help="FRR's log target")
     p.add_argument("--networkd-dir", type=Path,
                    help="write systemd-networkd files here (the image: /run/systemd/network)")
+    p.add_argument("--env-dir", type=Path,
+                   help="write node.env and anycast.env here (the image: /run/kubermesh)")
     p.add_argument("--once", action="store_true", help="one round, then exit")
     a = p.parse_args(argv)
     ident = None
@@ -326,14 +446,13 @@ def main(argv: list[str] | None = None) -> int:
         site_file=a.site, frr_dir=a.frr_dir, status_file=a.status_file, identity=ident,
         virtual_links=a.virtual_links, not_mesh=tuple(a.not_mesh), vty_socket=a.vty_socket,
         frr_run_dir=a.frr_run_dir, set_hostname=not a.no_hostname, log_file=a.log,
-        networkd_dir=a.networkd_dir,
+        networkd_dir=a.networkd_dir, env_dir=a.env_dir,
     ))
     if a.once:
         agent.step()
         return 0
     agent.run()
     return 0
-
 
 
 if __name__ == "__main__":

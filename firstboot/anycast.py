@@ -1,7 +1,7 @@
 """The anycast agent: a service's /128 on `lo` while the local instance is healthy.
 
     python -m firstboot.anycast serve --site FILE \
-        --service etcd=http://[LOOPBACK]:2379/health [--service apiserver=https://…/healthz]
+        --service etcd=http://[::1]:2379/health [--service apiserver=https://…/healthz]
     python -m firstboot.anycast wait --site FILE --service apiserver [--timeout 300]
 
 `serve` probes each service given (HTTP(S) GET answered 2xx, or a TCP connect

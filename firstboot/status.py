@@ -1,7 +1,8 @@
 """A node's one status: what it is, its links, and the stage it has reached.
 
 The agent writes it (`write`), `kubermesh status` reads it (`read`, `render`).
-Stages are ordered; later issues add anycast, kubelet and ready after routes.
+Stages are ordered: booting → links → adjacencies → routes → overlay → anycast
+→ kubelet. Each is reached only when the ones before it hold.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class Stage(IntEnum):
     LINKS = 1  # at least one mesh link has carrier
     ADJACENCIES = 2  # at least one Full OSPFv3 adjacency
     ROUTES = 3  # a route to every other node in the link-state database
+    OVERLAY = 4  # this node holds a pod block and routes every other node's block
+    ANYCAST = 5  # the apiserver's anycast address is reachable (routed or local)
+    KUBELET = 6  # the kubelet runs
 
     def __str__(self) -> str:
         return self.name.lower()
@@ -32,6 +36,25 @@ class LinkStatus:
     carrier: bool
     neighbour: str = ""  # router-id of the OSPFv3 neighbour on it
     state: str = ""  # its adjacency state (Full, ExStart, ...)
+
+
+@dataclass(frozen=True)
+class OverlayStatus:
+    block: str = ""  # this node's IPv4 pod block, "" while it has none
+    node_address: str = ""  # its IPv4 /32 on lo
+    blocks_known: int = 0  # other nodes' blocks announced in the mesh
+    blocks_routed: int = 0  # of them, how many have an IPv4 route (via inet6)
+
+
+@dataclass(frozen=True)
+class AnycastStatus:
+    service: str
+    address: str
+    state: str  # "local" (served here), "routed" or "unreachable"
+
+
+# What the kubelet stage reports where the image has no kubelet binary.
+KUBELET_NOT_INSTALLED = "not installed"
 
 
 @dataclass(frozen=True)
@@ -49,6 +72,9 @@ class NodeStatus:
     routed: tuple[str, ...] = ()  # the other nodes' loopbacks this node routes to
     conflicts: tuple[str, ...] = ()
     errors: tuple[str, ...] = field(default=())
+    overlay: OverlayStatus = OverlayStatus()
+    anycast: tuple[AnycastStatus, ...] = ()
+    kubelet: str = KUBELET_NOT_INSTALLED  # or the kubelet unit's state (active, …)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -63,18 +89,29 @@ class NodeStatus:
         for key in ("known", "routed", "conflicts"):
             d[key] = tuple(d[key])
         d["errors"] = tuple(d["errors"])
+        d["overlay"] = OverlayStatus(**d.get("overlay", {}))
+        d["anycast"] = tuple(AnycastStatus(**x) for x in d.get("anycast", ()))
         return cls(**d)
 
 
-def stage_of(links: tuple[LinkStatus, ...], known_nodes: int, routes_to: int) -> Stage:
-    """The furthest stage the facts support (pure)."""
+def stage_of(links: tuple[LinkStatus, ...], known_nodes: int, routes_to: int,
+             overlay: OverlayStatus = OverlayStatus(), apiserver: str = "",
+             kubelet: str = KUBELET_NOT_INSTALLED) -> Stage:
+    """The furthest stage the facts support (pure). `apiserver` is the state of
+    the apiserver's anycast address (AnycastStatus.state)."""
     if not any(link.carrier for link in links):
         return Stage.BOOTING
     if not any(link.state == "Full" for link in links):
         return Stage.LINKS
     if known_nodes == 0 or routes_to < known_nodes:
         return Stage.ADJACENCIES
-    return Stage.ROUTES
+    if not overlay.block or overlay.blocks_routed < known_nodes:
+        return Stage.ROUTES
+    if apiserver not in ("local", "routed"):
+        return Stage.OVERLAY
+    if kubelet != "active":
+        return Stage.ANYCAST
+    return Stage.KUBELET
 
 
 def write(status: NodeStatus, path: Path = STATUS_FILE) -> None:
@@ -104,6 +141,15 @@ def render(s: NodeStatus) -> str:
         lines.append(f"  {link.name:<16}{carrier:<12}{peer}")
     if not s.links:
         lines.append("  (no mesh links)")
+    o = s.overlay
+    if o.block:
+        lines.append(f"overlay   block {o.block} (node {o.node_address}); "
+                     f"{o.blocks_routed} of {o.blocks_known} other blocks routed")
+    else:
+        lines.append(f"overlay   no pod block yet; {o.blocks_known} other blocks known")
+    for a in s.anycast:
+        lines.append(f"anycast   {a.service:<10} {a.address} {a.state}")
+    lines.append(f"kubelet   {s.kubelet}")
     lines += [f"CONFLICT  {c}" for c in s.conflicts]
     lines += [f"error     {e}" for e in s.errors]
     return "\n".join(lines)

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
+from ipaddress import IPv6Network
 from pathlib import Path
 
 import pytest
 
-from firstboot import hardware, networkd, systemd
-from firstboot.status import LinkStatus, NodeStatus, Stage, read, render, stage_of, write
+from firstboot import agent, hardware, networkd, systemd
+from firstboot.status import (
+    AnycastStatus,
+    LinkStatus,
+    NodeStatus,
+    OverlayStatus,
+    Stage,
+    read,
+    render,
+    stage_of,
+    write,
+)
+from mesh import plan
 from mesh.plan import HardwareIdentity
 
 
@@ -65,18 +78,48 @@ def test_stages() -> None:
     assert stage_of((link("a", state="ExStart"),), 0, 0) == Stage.LINKS
     assert stage_of((link("a", state="Full"),), 3, 2) == Stage.ADJACENCIES
     assert stage_of((link("a", state="Full"), link("b")), 3, 3) == Stage.ROUTES
+    full = (link("a", state="Full"),)
+    held = OverlayStatus("10.244.3.0/24", "10.244.3.1", blocks_known=3, blocks_routed=3)
+    assert stage_of(full, 3, 3, OverlayStatus(blocks_known=3)) == Stage.ROUTES
+    assert stage_of(full, 3, 3, replace(held, blocks_routed=2)) == Stage.ROUTES
+    assert stage_of(full, 3, 3, held, "unreachable") == Stage.OVERLAY
+    assert stage_of(full, 3, 3, held, "routed") == Stage.ANYCAST
+    assert stage_of(full, 3, 3, held, "local", "activating") == Stage.ANYCAST
+    assert stage_of(full, 3, 3, held, "routed", "active") == Stage.KUBELET
+    # A stage is never reached past a missing earlier one.
+    assert stage_of(full, 3, 2, held, "routed", "active") == Stage.ADJACENCIES
 
 
 def test_status_round_trip_and_render(tmp_path: Path) -> None:
     st = NodeStatus("ab" * 8, "km-abababababab", "mac:52:54:00:00:00:01", "fd00::1",
                     "10.1.2.3", Stage.ADJACENCIES, (link("enp1s0", state="Full"),
                                                     link("enp2s0", carrier=False)),
-                    known_nodes=3, routes_to=2, conflicts=("another node uses router-id x",))
+                    known_nodes=3, routes_to=2, conflicts=("another node uses router-id x",),
+                    overlay=OverlayStatus("10.244.3.0/24", "10.244.3.1", 3, 2),
+                    anycast=(AnycastStatus("apiserver", "fd00:0:0:1::1", "unreachable"),))
     write(st, tmp_path / "s.json")
     assert read(tmp_path / "s.json") == st
     text = render(st)
     assert "stage     adjacencies" in text and "routes    to 2 of 3" in text
     assert "enp2s0" in text and "no carrier" in text and "CONFLICT" in text
+    assert "overlay   block 10.244.3.0/24 (node 10.244.3.1); 2 of 3 other blocks routed" in text
+    assert "anycast   apiserver  fd00:0:0:1::1 unreachable" in text
+    assert "kubelet   not installed" in text
+
+
+def test_node_env_and_anycast_env() -> None:
+    node = plan.derive(HardwareIdentity("mac", "52:54:00:00:00:01"),
+                       IPv6Network("fd12:3456:789a::/48"))
+    env = dict(line.split("=", 1) for line in agent.node_env(node).splitlines())
+    assert env == {"KUBERMESH_NODE_ID": node.node_id, "KUBERMESH_HOSTNAME": node.hostname,
+                   "KUBERMESH_LOOPBACK": str(node.loopback),
+                   "KUBERMESH_ROUTER_ID": str(node.router_id)}
+    assert agent.anycast_env(["etcd=http://[::1]:2379/health", "apiserver=tcp://[::1]:6443"]) == (
+        "KUBERMESH_ANYCAST_SERVICES=--service etcd=http://[::1]:2379/health "
+        "--service apiserver=tcp://[::1]:6443\n")
+    for bad in ("etcd", "=http://x", "etcd=http://$HOME/", "etcd="):
+        with pytest.raises(ValueError, match=r"kubermesh\.anycast"):
+            agent.anycast_env([bad])
 
 
 def test_sd_notify_and_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ used unless a short probe shows KVM really works on this host.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,14 +14,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-MGMT_MAC = "52:54:00:6b:6d:01"  # the management NIC of every test VM
+MGMT_MAC = "52:54:00:6b:6d:01"  # the management NIC of a test VM, unless it is given one
 BOOT_TIMEOUT = 900.0  # TCG boots in ~2 min alone; with two VMs on two shared cores, more
 
 
@@ -50,18 +52,76 @@ def kvm_works(timeout: float = 20.0) -> bool:
     return r.returncode == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass
+class Nic:
+    """A mesh NIC: one end of a point-to-point cable, a UDP socket netdev sending
+    to its peer's port. Either VM can be off; the other keeps its NIC."""
+
+    netdev: str  # QEMU's id for it, also what `set_link` names
+    mac: str
+    port: int  # this end's UDP port on 127.0.0.1
+    peer_port: int
+    plugged: bool = True  # link (carrier) up; a VM starting takes it as it is
+
+
+class Qmp:
+    """A minimal QMP client over the VM's unix socket: one command, one answer."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self._read()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict[str, Any]:
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("QMP connection closed")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        msg: dict[str, Any] = json.loads(line)
+        return msg
+
+    def execute(self, command: str, **arguments: Any) -> Any:
+        msg: dict[str, Any] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"QMP {command}: {reply['error'].get('desc')}")
+            return reply.get("return")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class VM:
     """One QEMU guest booted from a private copy of a disk image."""
 
     def __init__(self, name: str, disk: Path, workdir: Path, pubkey: str, key: Path,
-                 memory_mib: int = 1536, accel: str = "tcg") -> None:
+                 memory_mib: int = 1536, accel: str = "tcg", uuid: str | None = None,
+                 mgmt_mac: str = MGMT_MAC, nics: tuple[Nic, ...] = (),
+                 credentials: dict[str, str] | None = None) -> None:
         self.name = name
+        self.uuid = uuid  # SMBIOS system UUID: the node's hardware identity
+        self.mgmt_mac = mgmt_mac
+        self.nics = nics
+        self.credentials = credentials or {}
+        self.qmp_path = workdir / f"{name}.qmp"
+        self.started_at: float | None = None  # time.monotonic() at power-on
         self.disk = disk
         self.dir = workdir
         self.pubkey = pubkey
@@ -85,9 +145,12 @@ class VM:
         vars_fd = self.dir / f"{self.name}.OVMF_VARS.fd"
         shutil.copyfile(OVMF_VARS, vars_fd)
         cpu = "max" if self.accel == "tcg" else "host"
-        credential = f"io.systemd.credential:ssh.authorized_keys.root={self.pubkey}"
-        # The user-mode NIC is the test's way in, not a mesh link: the node is told so.
-        not_mesh = f"io.systemd.credential:kubermesh.not_mesh={MGMT_MAC}"
+        credentials = {
+            "ssh.authorized_keys.root": self.pubkey,
+            # The user-mode NIC is the test's way in, not a mesh link: the node is told so.
+            "kubermesh.not_mesh": self.mgmt_mac,
+            **self.credentials,
+        }
         cmd = [
             "nice", "-n", "10", "qemu-system-x86_64", "-name", self.name,
             "-machine", "q35", "-accel", self.accel, "-cpu", cpu,
@@ -96,16 +159,43 @@ class VM:
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
             "-drive", f"if=none,id=disk,format=raw,file={self.disk}",
             "-device", "virtio-blk-pci,drive=disk,bootindex=1",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-            "-device", f"virtio-net-pci,netdev=net0,mac={MGMT_MAC}",
+            "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}",
             "-device", "virtio-rng-pci",
-            "-smbios", f"type=11,value={credential}",
-            "-smbios", f"type=11,value={not_mesh}",
             "-serial", f"file:{self.console}",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
+        if self.uuid:
+            cmd += ["-uuid", self.uuid]
+        for nic in self.nics:
+            cmd += ["-netdev", f"socket,id={nic.netdev},udp=127.0.0.1:{nic.peer_port},"
+                               f"localaddr=127.0.0.1:{nic.port}",
+                    "-device", f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}"]
+        for name, value in credentials.items():
+            cmd += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
+        unplugged = [n.netdev for n in self.nics if not n.plugged]
+        if unplugged:
+            cmd.append("-S")  # held until those cables are out
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=(self.dir / f"{self.name}.qemu.log").open("wb"),
                                      start_new_session=True)
+        if unplugged:
+            poll(f"{self.name}'s QMP socket", self.qmp_path.exists, 30, every=0.1)
+            for netdev in unplugged:
+                self.set_link(netdev, False)
+            self.qmp("cont")
+        self.started_at = time.monotonic()
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        q = Qmp(self.qmp_path)
+        try:
+            return q.execute(command, **arguments)
+        finally:
+            q.close()
+
+    def set_link(self, netdev: str, up: bool) -> None:
+        """Plug (up) or pull (down) the cable on one NIC: the guest sees its carrier."""
+        self.qmp("set_link", name=netdev, up=up)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,0 +1,142 @@
+"""Several VMs of the built image, cabled point to point by QEMU UDP socket netdevs.
+
+A topology is data: `Mesh.vm()` declares a machine (its SMBIOS UUID is its
+hardware identity; give two the same to make twins), `Mesh.cable()` lays a
+cable between two of them, plugged or not. A VM's NICs are fixed when it
+powers on, so every cable it will ever have is laid before `start()`. Cables
+are then plugged and pulled on running VMs (`plug`, `pull`), which the guests
+see as carrier changes, as on a real NIC.
+
+Used by the VM tests and the VM benchmarks; every QEMU it starts is stopped by
+`close()`, by PID, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.vm.qemu import VM, Nic, free_port, kvm_works, poll
+
+DISK_SIZE = 4 << 30  # the stick the image is written to: room for /var
+MEMORY_MIB = 1024
+
+
+@dataclass
+class Cable:
+    a: VM
+    b: VM
+    a_nic: Nic
+    b_nic: Nic
+
+
+@dataclass
+class Mesh:
+    raw: Path  # the built disk image; each VM boots a private copy
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kubermesh-vm-",
+                                                                     dir="/var/tmp")))
+    accel: str = ""
+    vms: dict[str, VM] = field(default_factory=dict)
+    cables: list[Cable] = field(default_factory=list)
+    _macs: int = 0
+
+    def __post_init__(self) -> None:
+        self.key = self.work / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                        "kubermesh-vm-test", "-f", str(self.key)], check=True)
+        self.pubkey = self.key.with_suffix(".pub").read_text().strip()
+        self.accel = self.accel or ("kvm" if kvm_works() else "tcg")
+
+    def _mac(self) -> str:
+        self._macs += 1
+        return f"52:54:00:6b:{self._macs >> 8:02x}:{self._macs & 0xFF:02x}"
+
+    def vm(self, name: str, twin_of: str | None = None, memory_mib: int = MEMORY_MIB,
+           disk: Path | None = None) -> VM:
+        """Declare a VM; `twin_of` gives it another VM's hardware identity (UUID)."""
+        ident = self.vms[twin_of].uuid if twin_of else str(uuid.uuid4())
+        if disk is None:
+            disk = self.disk_copy(name)
+        vm = VM(name, disk, self.work, self.pubkey, self.key, memory_mib=memory_mib,
+                accel=self.accel, uuid=ident, mgmt_mac=self._mac())
+        self.vms[name] = vm
+        return vm
+
+    def disk_copy(self, name: str) -> Path:
+        dest = self.work / f"{name}.raw"
+        subprocess.run(["cp", "--sparse=always", str(self.raw), str(dest)], check=True)
+        os.truncate(dest, max(DISK_SIZE, dest.stat().st_size))
+        return dest
+
+    def cable(self, a: VM, b: VM, plugged: bool = True, a_mac: str | None = None) -> Cable:
+        """Lay a cable between a and b (neither started yet). `a_mac` sets a's NIC
+        MAC, e.g. to a twin's, so that two machines match in every identity."""
+        for v in (a, b):
+            if v.proc is not None:
+                raise RuntimeError(f"{v.name} is running: its NICs are fixed at power-on")
+        pa, pb = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        n = len(self.cables)
+        an = Nic(f"c{n}", a_mac or self._mac(), pa, pb, plugged)
+        bn = Nic(f"c{n}", self._mac(), pb, pa, plugged)
+        a.nics += (an,)
+        b.nics += (bn,)
+        c = Cable(a, b, an, bn)
+        self.cables.append(c)
+        return c
+
+    def start(self, *vms: VM) -> None:
+        for v in vms:
+            v.start()
+
+    def plug(self, c: Cable) -> None:
+        self._set(c, True)
+
+    def pull(self, c: Cable) -> None:
+        self._set(c, False)
+
+    def _set(self, c: Cable, up: bool) -> None:
+        for v, nic in ((c.a, c.a_nic), (c.b, c.b_nic)):
+            nic.plugged = up  # a VM started later takes the cable as it is now
+            if v.alive():
+                v.set_link(nic.netdev, up)
+
+    def close(self) -> None:
+        for v in self.vms.values():
+            v.stop()
+        if os.environ.get("KUBERMESH_KEEP_VM_DIR"):
+            print(f"VM files kept in {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def status(vm: VM) -> dict[str, Any]:
+    """The node's own `kubermesh status --json`."""
+    out = vm.ssh("kubermesh status --json", timeout=60).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def wait_status(vm: VM, what: str, check: Any, timeout: float = 600.0) -> dict[str, Any]:
+    """Poll the node's status until check(status) holds; fail naming what and showing it."""
+    last: dict[str, Any] = {}
+
+    def ok() -> dict[str, Any] | None:
+        nonlocal last
+        r = vm.ssh("kubermesh status --json", timeout=60, check=False)
+        if r.returncode != 0:
+            return None
+        last = json.loads(r.stdout)
+        return last if check(last) else None
+
+    try:
+        return poll(f"{vm.name}: {what}", ok, timeout, every=3.0)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; last status:\n{json.dumps(last, indent=1)}") from None
