@@ -39,7 +39,7 @@ from firstboot.overlay import RTPROT_KUBERMESH
 from firstboot.status import AnycastStatus, LinkStatus, NodeStatus, OverlayStatus, Stage
 from firstboot.systemd import log, notify, watchdog_interval
 from mesh import plan, pods
-from mesh.frr import render_frr_conf
+from mesh.frr import link_cost, render_frr_conf
 from mesh.plan import HardwareIdentity, NodeIdentity
 from mesh.site import Site, load_site
 
@@ -83,6 +83,8 @@ class Agent:
         self.hw = ident
         self.node: NodeIdentity = plan.derive(ident, self.site.mesh.ula)
         self.applied_links: tuple[str, ...] | None = None
+        self.applied_costs: dict[str, int] = {}
+        self.speeds: dict[str, int] = {}  # Mb/s, last known per link
         self.applied_networkd: dict[str, str] | None = None
         self.stage = Stage.BOOTING
         self.joined = 0  # the number of other nodes last reported all routed
@@ -153,9 +155,17 @@ class Agent:
                 self.ipr.link("set", index=idx[0], state="up")
 
     def reconcile_frr(self, links: tuple[str, ...]) -> None:
-        if links == self.applied_links:
+        for name in links:
+            # A NIC without carrier reports no speed: keep its last known one, so
+            # a pulled cable does not change the link's cost (and reload FRR) twice.
+            speed = _speed(self.opts.sysfs, name)
+            if speed is not None and speed > 0:
+                self.speeds[name] = speed
+        costs = {name: link_cost(self.speeds.get(name)) for name in links}
+        if links == self.applied_links and costs == self.applied_costs:
             return
-        conf = render_frr_conf(self.site, self.node, links, log=f"log {self.opts.log_file}")
+        conf = render_frr_conf(self.site, self.node, links, log=f"log {self.opts.log_file}",
+                               costs=costs)
         path = self.opts.frr_dir / "frr.conf"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(".frr.conf.new")
@@ -174,7 +184,7 @@ class Agent:
                 raise RuntimeError(f"frr-reload failed: {(r.stderr or r.stdout).strip()[-300:]}")
         # else frr.service starts later and reads the file itself
         old = set(self.applied_links or ())
-        self.applied_links = links
+        self.applied_links, self.applied_costs = links, costs
         log(f"mesh links: {', '.join(links) or 'none'}"
             f" (+{len(set(links) - old)} -{len(old - set(links))})", links=",".join(links))
 
@@ -411,6 +421,14 @@ def _carrier(sysfs: Path, name: str) -> bool:
         return (sysfs / "class" / "net" / name / "carrier").read_text().strip() == "1"
     except OSError:
         return False
+
+
+def _speed(sysfs: Path, name: str) -> int | None:
+    """The NIC's speed in Mb/s, None when it does not say (-1, no carrier, no file)."""
+    try:
+        return int((sysfs / "class" / "net" / name / "speed").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _chown_frr(path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mesh import render
 from mesh.plan import NodeIdentity
@@ -12,16 +12,33 @@ from mesh.site import Site
 FRR_DAEMONS = ("zebra", "ospf6d", "bfdd")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
+# A link's OSPF cost from its speed: 10 Gb/s costs 10, 1 Gb/s 100, 100 Mb/s 1000, so
+# traffic prefers fast cables over a slow short cut. (FRR's own `auto-cost
+# reference-bandwidth` does the same, but frr-reload 8.4 cannot apply it.)
+REFERENCE_MBPS = 100_000
+MAX_COST = 65535
+UNKNOWN_SPEED_COST = 100  # a NIC that reports no speed counts as 1 Gb/s, a PC's usual
+
 _env = render.environment("mesh")
 
 
+def link_cost(speed_mbps: int | None) -> int:
+    """The cost of a link of that speed (Mb/s, as sysfs says; unknown is None or -1)."""
+    if not speed_mbps or speed_mbps <= 0:
+        return UNKNOWN_SPEED_COST
+    return max(1, min(MAX_COST, REFERENCE_MBPS // speed_mbps))
+
+
 def render_frr_conf(site: Site, node: NodeIdentity, links: Sequence[str],
-                    log: str = "log syslog informational") -> str:
-    """The integrated frr.conf: area 0, every link point-to-point, `lo` passive."""
+                    log: str = "log syslog informational",
+                    costs: Mapping[str, int] | None = None) -> str:
+    """The integrated frr.conf: area 0, every link point-to-point, `lo` passive;
+    each link's cost from `costs` (link_cost), else that of an unknown speed."""
     for link in links:
         if not _IFNAME.match(link) or link == "lo":
             raise ValueError(f"not a mesh interface name: {link!r}")
     return _env.get_template("frr.conf.j2").render(
         node=node, links=sorted(set(links)), mesh=site.mesh, secrets=site.secrets, log=log,
+        costs={link: (costs or {}).get(link, UNKNOWN_SPEED_COST) for link in links},
     )
 

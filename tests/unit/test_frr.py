@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh import plan
-from mesh.frr import render_frr_conf
+from mesh.frr import link_cost, render_frr_conf
 from mesh.plan import HardwareIdentity
 from mesh.site import Site, new_site_toml, parse_site
 
@@ -54,6 +54,15 @@ def test_render(site: Site) -> None:
     assert f"ospf6 router-id {node.router_id}" in b["router ospf6"]
     assert b["bfd"][1:] == ["detect-multiplier 3", "receive-interval 100",
                             "transmit-interval 100", "exit"]
+
+
+def test_link_cost_from_speed(site: Site) -> None:
+    assert [link_cost(s) for s in (100_000, 10_000, 1000, 100, 1)] == [1, 10, 100, 1000, 65535]
+    assert link_cost(None) == link_cost(-1) == link_cost(0) == 100  # unknown: as 1 Gb/s
+    node = plan.derive(HardwareIdentity("mac", "52:54:00:00:00:01"), site.mesh.ula)
+    b = blocks(render_frr_conf(site, node, ["eth0", "eth1"], costs={"eth0": 10}))
+    assert "ipv6 ospf6 cost 10" in b["interface eth0"]
+    assert "ipv6 ospf6 cost 100" in b["interface eth1"]
 
 
 def test_no_links_still_announces_loopback(site: Site) -> None:

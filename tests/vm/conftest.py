@@ -1,9 +1,13 @@
-"""VM fixtures: the built image booted in QEMU, two guests in parallel.
+"""VM fixtures: the built image booted in QEMU, cabled as a mesh.
 
-- `main`: a copy of kubermesh.raw with free space for /var; most checks, then a reboot.
-- `corrupted`: a copy with one byte of a file's data flipped inside the root partition.
+The guests, all booted from private copies of the same image:
+- a, b, c: a line a-b-c, started together; `a` also carries the image checks;
+- d: cabled to c, powered on later, while the others run (that cable plugged then);
+- twin: a's hardware identity (SMBIOS UUID, and a's MAC on its NIC), cabled to d
+  with the cable unplugged until the conflict test;
+- corrupted: no cables; one byte of a file's data flipped inside its root partition.
+Slow TCG boots overlap: a, b, c and corrupted at once, later d and twin with b's reboot.
 
-Both start as soon as the session needs either, so their slow TCG boots overlap.
 The image comes from $KUBERMESH_IMAGE (an output directory) or out/; a missing
 image fails the tests (never skips them): build it with ./dev.sh build.
 """
@@ -13,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,10 @@ import pytest
 import testinfra  # type: ignore[import-untyped]
 
 from tests.vm import corrupt
-from tests.vm.qemu import VM, kvm_works
+from tests.vm.mesh import Cable, Mesh
+from tests.vm.qemu import VM
 
 ROOT = Path(__file__).resolve().parents[2]
-DISK_SIZE = 4 << 30  # the stick the image is written to: room for /var
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,14 @@ class Image:
 
 @dataclass
 class Guests:
-    main: VM
+    mesh: Mesh
+    a: VM
+    b: VM
+    c: VM
+    d: VM
+    twin: VM
+    c_d: Cable
+    d_twin: Cable
     corrupted: VM
     corrupted_file: str  # absolute path inside the guest
     corrupted_offset: int  # byte flipped, from the start of the disk
@@ -55,12 +64,6 @@ def image() -> Image:
     return Image(d, raw, json.loads(man.read_text()))
 
 
-def _disk_copy(raw: Path, dest: Path) -> Path:
-    subprocess.run(["cp", "--sparse=always", str(raw), str(dest)], check=True)
-    os.truncate(dest, max(DISK_SIZE, dest.stat().st_size))
-    return dest
-
-
 def _victim(image: Image) -> str:
     """A big file the guest never reads while booting: a GPU driver a VM does not load."""
     return f"usr/lib/modules/{image.manifest['kernel']}/kernel/drivers/gpu/drm/amd/amdgpu/amdgpu.ko"
@@ -68,22 +71,19 @@ def _victim(image: Image) -> str:
 
 @pytest.fixture(scope="session")
 def guests(image: Image) -> Iterator[Guests]:
-    # A directory of our own: pytest prunes old basetemps, also of other sessions.
-    work = Path(tempfile.mkdtemp(prefix="kubermesh-vm-", dir="/var/tmp"))
-    key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kubermesh-vm-test",
-                    "-f", str(key)], check=True)
-    pub = key.with_suffix(".pub").read_text().strip()
-    accel = "kvm" if kvm_works() else "tcg"
-    main = VM("main", _disk_copy(image.raw, work / "main.raw"), work, pub, key, accel=accel)
-    corrupted = VM("corrupted", _disk_copy(image.raw, work / "corrupted.raw"), work, pub, key,
-                   accel=accel)
-    vms = [main, corrupted]
+    mesh = Mesh(image.raw)
     try:
-        main.start()
-        # While main boots: find a byte of the victim file's data and flip it on the copy.
+        a, b, c, d = (mesh.vm(n) for n in "abcd")
+        twin = mesh.vm("twin", twin_of="a")
+        a_b = mesh.cable(a, b)
+        mesh.cable(b, c)
+        c_d = mesh.cable(c, d, plugged=False)
+        d_twin = mesh.cable(twin, d, plugged=False, a_mac=a_b.a_nic.mac)
+        corrupted = mesh.vm("corrupted")
+        mesh.start(a, b, c)
+        # While they boot: find a byte of the victim file's data and flip it on the copy.
         offset, size = corrupt.partition(corrupted.disk, corrupt.ROOT_TYPE)
-        scratch = work / "root.squashfs"
+        scratch = mesh.work / "root.squashfs"
         with corrupted.disk.open("rb") as src, scratch.open("wb") as dst:
             src.seek(offset)
             shutil.copyfileobj(_Limited(src, size), dst)
@@ -92,14 +92,10 @@ def guests(image: Image) -> Iterator[Guests]:
         scratch.unlink()
         corrupt.flip_byte(corrupted.disk, offset + inside)
         corrupted.start()
-        yield Guests(main, corrupted, "/" + victim, offset + inside)
+        yield Guests(mesh, a, b, c, d, twin, c_d, d_twin, corrupted, "/" + victim,
+                     offset + inside)
     finally:
-        for vm in vms:
-            vm.stop()
-        if os.environ.get("KUBERMESH_KEEP_VM_DIR"):
-            print(f"VM files kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        mesh.close()
 
 
 class _Limited:
@@ -117,9 +113,10 @@ class _Limited:
 
 @pytest.fixture(scope="session")
 def main(guests: Guests) -> VM:
-    state = guests.main.wait_booted()
+    """The guest the image checks run on: a, once booted."""
+    state = guests.a.wait_booted()
     assert state in ("running", "degraded"), f"systemd state {state!r}"
-    return guests.main
+    return guests.a
 
 
 @pytest.fixture(scope="session")

@@ -76,16 +76,18 @@ class Mesh:
         os.truncate(dest, max(DISK_SIZE, dest.stat().st_size))
         return dest
 
-    def cable(self, a: VM, b: VM, plugged: bool = True, a_mac: str | None = None) -> Cable:
+    def cable(self, a: VM, b: VM, plugged: bool = True, a_mac: str | None = None,
+              speed_mbps: int | None = None) -> Cable:
         """Lay a cable between a and b (neither started yet). `a_mac` sets a's NIC
-        MAC, e.g. to a twin's, so that two machines match in every identity."""
+        MAC, e.g. to a twin's, so that two machines match in every identity;
+        `speed_mbps` is the speed both NICs report."""
         for v in (a, b):
             if v.proc is not None:
                 raise RuntimeError(f"{v.name} is running: its NICs are fixed at power-on")
         pa, pb = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
         n = len(self.cables)
-        an = Nic(f"c{n}", a_mac or self._mac(), pa, pb, plugged)
-        bn = Nic(f"c{n}", self._mac(), pb, pa, plugged)
+        an = Nic(f"c{n}", a_mac or self._mac(), pa, pb, plugged, speed_mbps)
+        bn = Nic(f"c{n}", self._mac(), pb, pa, plugged, speed_mbps)
         a.nics += (an,)
         b.nics += (bn,)
         c = Cable(a, b, an, bn)

@@ -68,6 +68,7 @@ class Nic:
     port: int  # this end's UDP port on 127.0.0.1
     peer_port: int
     plugged: bool = True  # link (carrier) up; a VM starting takes it as it is
+    speed_mbps: int | None = None  # what the guest's NIC reports (link cost follows it)
 
 
 class Qmp:
@@ -168,9 +169,12 @@ class VM:
         if self.uuid:
             cmd += ["-uuid", self.uuid]
         for nic in self.nics:
+            device = f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}"
+            if nic.speed_mbps:
+                device += f",speed={nic.speed_mbps},duplex=full"
             cmd += ["-netdev", f"socket,id={nic.netdev},udp=127.0.0.1:{nic.peer_port},"
                                f"localaddr=127.0.0.1:{nic.port}",
-                    "-device", f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}"]
+                    "-device", device]
         for name, value in credentials.items():
             cmd += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
         unplugged = [n.netdev for n in self.nics if not n.plugged]

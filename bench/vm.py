@@ -1,0 +1,165 @@
+"""VM benchmarks: the built image booted in QEMU (TCG here), cabled by UDP socket netdevs.
+
+    python -m bench.vm join [--nodes 3]
+    python -m bench.vm failover [--trials 3] [--equal]
+
+join: N VMs in a line power on together; for each, the time from power-on to
+"mesh joined" (a route to every other node's loopback), read off its serial
+console as the node agent prints it. Also the time to SSH, for scale.
+
+failover: a triangle a-b-c. The a-c cable is the slow one (1 Gb/s against
+10 Gb/s, so it costs more and a's traffic to c crosses b), unless --equal.
+a pings c's loopback at 100 Hz; b goes silent: the first trial powers b off
+(QEMU killed), later ones freeze it (QMP stop; to its neighbours the same: no
+packet, carrier kept, so only BFD notices). The outage is the longest gap
+between replies at a. A frozen b is resumed and the mesh reconverges between
+trials. The image comes from $KUBERMESH_IMAGE or out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import save, summary
+from tests.vm.mesh import Mesh, status, wait_status
+from tests.vm.qemu import VM, poll
+
+ROOT = Path(__file__).resolve().parents[1]
+JOINED = re.compile(r"mesh joined: routes to all (\d+) other nodes")
+INTERVAL = 0.01
+STREAM = 30  # seconds of pings per trial
+SILENT_AT = 10.0  # seconds into the stream
+
+
+def image() -> Path:
+    raw = Path(os.environ.get("KUBERMESH_IMAGE", ROOT / "out")) / "kubermesh.raw"
+    if not raw.is_file():
+        raise SystemExit(f"no built image at {raw}: run ./dev.sh build first")
+    return raw
+
+
+def join(args: argparse.Namespace) -> dict[str, Any]:
+    mesh = Mesh(image())
+    try:
+        vms = [mesh.vm(f"n{i}") for i in range(1, args.nodes + 1)]
+        for x, y in itertools.pairwise(vms):
+            mesh.cable(x, y)
+        mesh.start(*vms)
+        want = args.nodes - 1
+        joined: dict[str, float] = {}
+        deadline = time.monotonic() + args.timeout
+        while len(joined) < len(vms):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not joined after {args.timeout:.0f} s: "
+                                 f"{sorted(set(v.name for v in vms) - set(joined))}")
+            for vm in vms:
+                if vm.name in joined:
+                    continue
+                counts = [int(m) for m in JOINED.findall(vm.console.read_text(errors="replace"))]
+                if want in counts:
+                    assert vm.started_at is not None
+                    joined[vm.name] = time.monotonic() - vm.started_at
+                    print(f"{vm.name}: mesh joined {joined[vm.name]:.1f} s after power-on",
+                          flush=True)
+            time.sleep(0.25)
+        ssh = {vm.name: vm.wait_ssh() + 0.0 for vm in vms}  # already up, in most cases
+        analyze = {vm.name: vm.ssh("systemd-analyze time", check=False).stdout.strip()
+                   for vm in vms}
+        return {"nodes": args.nodes, "accel": mesh.accel, "joined_s": joined,
+                "joined": summary(list(joined.values())), "ssh_wait_after_join_s": ssh,
+                "systemd_analyze": analyze, "load": os.getloadavg()}
+    finally:
+        mesh.close()
+
+
+def outage(ping_output: str) -> float:
+    """The longest gap between replies, minus the interval (`ping -D` timestamps)."""
+    stamps = [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", ping_output, re.M)]
+    if len(stamps) < 2:
+        raise RuntimeError(f"too few replies:\n{ping_output[-2000:]}")
+    return max(b - a for a, b in itertools.pairwise(stamps)) - INTERVAL
+
+
+def path_of(a: VM, dst: str) -> str:
+    return str(json.loads(a.ssh(f"ip -6 -j route get {dst}").stdout)[0]["dev"])
+
+
+def stream(a: VM, dst: str, out: dict[str, str]) -> None:
+    out["text"] = a.ssh(f"ping -6 -D -n -i {INTERVAL} -w {STREAM} {dst}", timeout=STREAM + 60,
+                        check=False).stdout
+
+
+def failover(args: argparse.Namespace) -> dict[str, Any]:
+    mesh = Mesh(image())
+    try:
+        a, b, c = (mesh.vm(n) for n in "abc")
+        fast, slow = 10000, (10000 if args.equal else 1000)
+        mesh.cable(a, b, speed_mbps=fast)
+        mesh.cable(b, c, speed_mbps=fast)
+        mesh.cable(a, c, speed_mbps=slow)
+        mesh.start(a, b, c)
+        for vm in (a, b, c):
+            vm.wait_ssh()
+        sts = {vm.name: wait_status(vm, "routes to the other two",
+                                    lambda s: s["routes_to"] == 2, 900) for vm in (a, b, c)}
+        dst = sts["c"]["loopback"]
+        trials: list[dict[str, Any]] = []
+        for trial in range(args.trials):
+            wait_status(a, "routes to b and c", lambda s: s["routes_to"] == 2, 600)
+            before = poll("a's route to c to settle", lambda: path_of(a, dst), 60)
+            out: dict[str, str] = {}
+            pinger = threading.Thread(target=stream, args=(a, dst, out))
+            pinger.start()
+            time.sleep(SILENT_AT)
+            how = "powered off" if trial == 0 else "frozen"
+            if trial == 0:
+                b.stop()
+            else:
+                b.qmp("stop")
+            pinger.join()
+            after = path_of(a, dst)
+            gap = outage(out["text"])
+            trials.append({"b": how, "path_before": before, "path_after": after,
+                           "outage_s": gap})
+            print(f"trial {trial + 1}: b {how}; a->c via {before} then {after}: "
+                  f"outage {gap:.3f} s", flush=True)
+            if trial == 0:
+                b.start()
+            else:
+                b.qmp("cont")
+            b.wait_ssh()
+        return {"equal_cost": args.equal, "accel": mesh.accel, "trials": trials,
+                "outage": summary([t["outage_s"] for t in trials]),
+                "status_c": status(c)["stage"], "load": os.getloadavg()}
+    finally:
+        mesh.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.vm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    j = sub.add_parser("join", help="power-on to mesh joined, per VM")
+    j.add_argument("--nodes", type=int, default=3)
+    j.add_argument("--timeout", type=float, default=1800)
+    j.set_defaults(func=join)
+    f = sub.add_parser("failover", help="a->c outage when b goes silent in a triangle")
+    f.add_argument("--trials", type=int, default=3)
+    f.add_argument("--equal", action="store_true", help="every cable the same speed")
+    f.set_defaults(func=failover)
+    args = p.parse_args()
+    result = args.func(args)
+    save(f"vm-{args.command}" + ("-equal" if getattr(args, "equal", False) else ""), result)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
