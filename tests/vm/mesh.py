@@ -132,7 +132,10 @@ def wait_status(vm: VM, what: str, check: Any, timeout: float = 600.0) -> dict[s
 
     def ok() -> dict[str, Any] | None:
         nonlocal last
-        r = vm.ssh("kubermesh status --json", timeout=60, check=False)
+        try:
+            r = vm.ssh("kubermesh status --json", timeout=60, check=False)
+        except subprocess.TimeoutExpired:  # a busy TCG guest; ask again
+            return None
         if r.returncode != 0:
             return None
         last = json.loads(r.stdout)
