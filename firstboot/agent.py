@@ -12,7 +12,7 @@ into the kernel or FRR and reporting, never blocking the others:
 
 Safe to rerun and to restart: everything is derived again from the hardware,
 the site and the kernel; nothing is remembered but the status it last wrote.
-Netlink link/address events wake the loop; otherwise it runs once a second.
+Netlink link/address events wake the loop; otherwise it runs every PERIOD (2 s).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import json
 import os
 import select
 import shutil
@@ -38,6 +37,7 @@ from firstboot import hardware, networkd, status
 from firstboot.overlay import RTPROT_KUBERMESH
 from firstboot.status import AnycastStatus, LinkStatus, NodeStatus, OverlayStatus, Stage
 from firstboot.systemd import log, notify, watchdog_interval
+from firstboot.vty import Vty
 from mesh import plan, pods
 from mesh.frr import link_cost, render_frr_conf
 from mesh.plan import HardwareIdentity, NodeIdentity
@@ -46,8 +46,11 @@ from mesh.site import Site, load_site
 FRR_RELOAD = "/usr/lib/frr/frr-reload.py"
 # The own Router-LSA is re-originated at most every few seconds in a sane mesh;
 # a node fighting another with the same router-id re-originates it constantly.
-LSA_WAR_WINDOW = 10.0
-LSA_WAR_BUMPS = 20
+LSA_WAR_WINDOW = 30.0
+LSA_WAR_BUMPS = 60
+# Seconds between rounds when no link or address event comes sooner. Each round
+# reads routes and asks ospf6d twice; on an emulated node that is not free.
+PERIOD = 2.0
 KUBELET_UNIT = "kubermesh-kubelet.service"
 # The node's identity for the units that follow the agent (overlay, kubelet).
 NODE_ENV = Path("/run/kubermesh/node.env")
@@ -92,6 +95,7 @@ class Agent:
         self.own_lsa_seq: deque[tuple[float, int]] = deque()
         self.errors: dict[str, str] = {}
         self.ipr = IPRoute()
+        self.vty = Vty(opts.vty_socket or Path("/run/frr"))
 
     # --- controllers
 
@@ -189,36 +193,17 @@ class Agent:
             f" (+{len(set(links) - old)} -{len(old - set(links))})", links=",".join(links))
 
     def _frr_running(self) -> bool:
-        return self._vtysh("show version") is not None
-
-    def _vtysh(self, command: str) -> str | None:
-        cmd = ["vtysh"]
-        if self.opts.vty_socket:
-            cmd += ["--vty_socket", str(self.opts.vty_socket)]
-        try:
-            r = subprocess.run([*cmd, "-c", command], capture_output=True, text=True,
-                               timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return r.stdout if r.returncode == 0 else None
-
-    def _vtysh_json(self, command: str) -> dict[str, Any]:
-        out = self._vtysh(command)
-        try:
-            data: dict[str, Any] = json.loads(out) if out else {}
-        except json.JSONDecodeError:
-            data = {}
-        return data
+        return self.vty.up("zebra")
 
     def observe(self, links: tuple[str, ...]) -> NodeStatus:
         neighbours = {n.get("interfaceName"): n for n in
-                      self._vtysh_json("show ipv6 ospf6 neighbor json").get("neighbors", [])}
+                      self.vty.json("ospf6d", "show ipv6 ospf6 neighbor json").get("neighbors", [])}
         link_status = []
         for name in links:
             n = neighbours.get(name, {})
             link_status.append(LinkStatus(name, _carrier(self.opts.sysfs, name),
                                           n.get("neighborId", ""), n.get("state", "")))
-        db = self._vtysh_json("show ipv6 ospf6 database router json")
+        db = self.vty.json("ospf6d", "show ipv6 ospf6 database router json")
         lsas = [x for area in db.get("areaScopedLinkStateDb", []) for x in area.get("lsa", [])]
         me = str(self.node.router_id)
         routers = {x["advRouter"] for x in lsas} - {me}
@@ -350,7 +335,7 @@ class Agent:
         st = self.step()
         notify(READY="1", STATUS=str(st.stage))
         while True:
-            ready, _, _ = select.select([self.ipr], [], [], min(1.0, ping or 1.0))
+            ready, _, _ = select.select([self.ipr], [], [], min(PERIOD, ping or PERIOD))
             if ready:
                 self.ipr.get()  # drain; the state is read afresh below
                 time.sleep(0.1)  # a cable plug is a burst of events: take them together

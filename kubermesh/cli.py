@@ -10,17 +10,23 @@ import tomllib
 from dataclasses import asdict
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from firstboot import agent
 from firstboot import status as nodestatus
 from kubermesh.ui import Failure, say, step
 from mesh import site as sitefile
-from mesh.lab import Lab, LabError, NodeStatus, parse_topology
+
+if TYPE_CHECKING:
+    from mesh.lab import Lab, NodeStatus
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["agent"]:  # the node agent has its own options
+        # Imported here: its netlink library costs every other command seconds
+        # to import on a slow node (a minute under emulation).
+        from firstboot import agent
+
         return agent.main(argv[1:])
     args = parser().parse_args(argv)
     try:
@@ -36,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in e.problems:
             say(f"  {e.source}: {p}")
         return 1
-    except LabError as e:
-        if args.debug:
+    except Exception as e:
+        from mesh.lab import LabError  # the lab is imported only by lab commands
+
+        if not isinstance(e, LabError) or args.debug:
             raise
         say(f"kubermesh: {e}")
         return 1
@@ -160,12 +168,16 @@ def site_check(args: argparse.Namespace) -> None:
 
 
 def _lab(args: argparse.Namespace) -> Lab:
+    from mesh.lab import Lab
+
     if os.geteuid() != 0:
         raise Failure("the lab needs root (network namespaces, FRR)", hint="run it with sudo")
     return Lab(args.lab)
 
 
 def lab_up(args: argparse.Namespace) -> None:
+    from mesh.lab import parse_topology
+
     topo = parse_topology(args.topology)
     if args.site:
         sitefile.load_site(args.site)
