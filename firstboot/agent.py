@@ -51,6 +51,10 @@ LSA_WAR_BUMPS = 60
 # Seconds between rounds when no link or address event comes sooner. Each round
 # reads routes and asks ospf6d twice; on an emulated node that is not free.
 PERIOD = 2.0
+# A link to this router-id that this node lacks, in most rounds of this many
+# seconds (at least ten dead intervals, and PHANTOM_ROUNDS rounds), is a conflict.
+PHANTOM_WINDOW = 30.0
+PHANTOM_ROUNDS = 8
 KUBELET_UNIT = "kubermesh-kubelet.service"
 # The node's identity for the units that follow the agent (overlay, kubelet).
 NODE_ENV = Path("/run/kubermesh/node.env")
@@ -93,6 +97,7 @@ class Agent:
         self.joined = 0  # the number of other nodes last reported all routed
         self.in_conflict = False
         self.own_lsa_seq: deque[tuple[float, int]] = deque()
+        self.phantom_rounds: deque[tuple[float, frozenset[str]]] = deque()
         self.errors: dict[str, str] = {}
         self.ipr = IPRoute()
         self.vty = Vty(opts.vty_socket or Path("/run/frr"))
@@ -196,8 +201,8 @@ class Agent:
         return self.vty.up("zebra")
 
     def observe(self, links: tuple[str, ...]) -> NodeStatus:
-        neighbours = {n.get("interfaceName"): n for n in
-                      self.vty.json("ospf6d", "show ipv6 ospf6 neighbor json").get("neighbors", [])}
+        adjacent = self.vty.json("ospf6d", "show ipv6 ospf6 neighbor json").get("neighbors", [])
+        neighbours = {n.get("interfaceName"): n for n in adjacent}
         link_status = []
         for name in links:
             n = neighbours.get(name, {})
@@ -208,7 +213,12 @@ class Agent:
         me = str(self.node.router_id)
         routers = {x["advRouter"] for x in lsas} - {me}
         own_seq = max((x["seqNum"] for x in lsas if x["advRouter"] == me), default=None)
-        conflicts = self._lsa_war(own_seq)
+        # Routers whose Router-LSA lists a link to this router-id that this node
+        # does not have: someone else holds the router-id (payload "rid/ifid").
+        claim_me = {x["advRouter"] for x in lsas
+                    if x["advRouter"] != me and str(x.get("payload", "")).split("/")[0] == me}
+        phantoms = claim_me - {n.get("neighborId") for n in adjacent}
+        conflicts = self._lsa_war(own_seq) + self._phantom_links(phantoms)
         ula = self.site.mesh.ula
         loops = plan.loopback_subnet(ula)
         routes6 = [r for r in self.ipr.get_routes(family=socket.AF_INET6)
@@ -286,6 +296,28 @@ class Agent:
                         f"{self.own_lsa_seq[-1][0] - self.own_lsa_seq[0][0]:.0f} s; its "
                         f"hardware identity ({self.hw}) is probably duplicated",)
         return ()
+
+    def _phantom_links(self, phantoms: set[str]) -> tuple[str, ...]:
+        """A link to this router-id in a neighbour's LSA outlives a real adjacency
+        by at most a dead interval. One seen in most rounds of the last
+        PHANTOM_WINDOW seconds is another node's (which may itself flap: two
+        nodes with one router-id keep resetting each other's adjacencies)."""
+        now = time.monotonic()
+        window = max(PHANTOM_WINDOW, 10 * self.site.mesh.dead_interval)
+        self.phantom_rounds.append((now, frozenset(phantoms)))
+        while now - self.phantom_rounds[0][0] > window:
+            self.phantom_rounds.popleft()
+        rounds = len(self.phantom_rounds)
+        if rounds < PHANTOM_ROUNDS or now - self.phantom_rounds[0][0] < window / 2:
+            return ()
+        seen = [r for r in sorted(set().union(*(p for _, p in self.phantom_rounds)))
+                if sum(r in p for _, p in self.phantom_rounds) * 2 >= rounds]
+        if not seen:
+            return ()
+        return (f"another node uses router-id {self.node.router_id}: {', '.join(seen)} "
+                f"list{'s' if len(seen) == 1 else ''} a link to it that this node does "
+                f"not have, in most of the last {window:.0f} s; its hardware identity "
+                f"({self.hw}) is probably duplicated",)
 
     # --- the loop
 
