@@ -9,8 +9,8 @@ console as the node agent prints it. Also the time to SSH, for scale.
 
 failover: a triangle a-b-c. The a-c cable is the slow one (1 Gb/s against
 10 Gb/s, so it costs more and a's traffic to c crosses b), unless --equal.
-a pings c's loopback at 100 Hz; b goes silent: the first trial powers b off
-(QEMU killed), later ones freeze it (QMP stop; to its neighbours the same: no
+a pings c's loopback at 100 Hz; b goes silent: the last trial powers b off
+(QEMU killed), earlier ones freeze it (QMP stop; to its neighbours the same: no
 packet, carrier kept, so only BFD notices). The outage is the longest gap
 between replies at a. A frozen b is resumed and the mesh reconverges between
 trials. The image comes from $KUBERMESH_IMAGE or out/.
@@ -119,8 +119,9 @@ def failover(args: argparse.Namespace) -> dict[str, Any]:
             pinger = threading.Thread(target=stream, args=(a, dst, out))
             pinger.start()
             time.sleep(SILENT_AT)
-            how = "powered off" if trial == 0 else "frozen"
-            if trial == 0:
+            last = trial == args.trials - 1
+            how = "powered off" if last else "frozen"
+            if last:
                 b.stop()
             else:
                 b.qmp("stop")
@@ -131,11 +132,8 @@ def failover(args: argparse.Namespace) -> dict[str, Any]:
                            "outage_s": gap})
             print(f"trial {trial + 1}: b {how}; a->c via {before} then {after}: "
                   f"outage {gap:.3f} s", flush=True)
-            if trial == 0:
-                b.start()
-            else:
+            if not last:
                 b.qmp("cont")
-            b.wait_ssh()
         return {"equal_cost": args.equal, "accel": mesh.accel, "trials": trials,
                 "outage": summary([t["outage_s"] for t in trials]),
                 "status_c": status(c)["stage"], "load": os.getloadavg()}
