@@ -55,6 +55,7 @@ PERIOD = 2.0
 # seconds (at least ten dead intervals, and PHANTOM_ROUNDS rounds), is a conflict.
 PHANTOM_WINDOW = 30.0
 PHANTOM_ROUNDS = 8
+CONFLICT_HOLD = 120.0  # seconds a conflict stays reported after its last evidence
 KUBELET_UNIT = "kubermesh-kubelet.service"
 # The node's identity for the units that follow the agent (overlay, kubelet).
 NODE_ENV = Path("/run/kubermesh/node.env")
@@ -98,6 +99,7 @@ class Agent:
         self.in_conflict = False
         self.own_lsa_seq: deque[tuple[float, int]] = deque()
         self.phantom_rounds: deque[tuple[float, frozenset[str]]] = deque()
+        self.conflict: tuple[tuple[str, ...], float] = ((), -CONFLICT_HOLD)  # last, when
         self.errors: dict[str, str] = {}
         self.ipr = IPRoute()
         self.vty = Vty(opts.vty_socket or Path("/run/frr"))
@@ -218,7 +220,13 @@ class Agent:
         claim_me = {x["advRouter"] for x in lsas
                     if x["advRouter"] != me and str(x.get("payload", "")).split("/")[0] == me}
         phantoms = claim_me - {n.get("neighborId") for n in adjacent}
-        conflicts = self._lsa_war(own_seq) + self._phantom_links(phantoms)
+        found = self._lsa_war(own_seq) + self._phantom_links(phantoms)
+        now = time.monotonic()
+        if found:
+            self.conflict = (found, now)
+        # Held for a while: twins reset each other's adjacencies, so the evidence
+        # comes and goes; the report should not.
+        conflicts = found or (self.conflict[0] if now - self.conflict[1] < CONFLICT_HOLD else ())
         ula = self.site.mesh.ula
         loops = plan.loopback_subnet(ula)
         routes6 = [r for r in self.ipr.get_routes(family=socket.AF_INET6)
