@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# frr-pythontools: frr-reload.py, which the node agent applies its FRR configuration with.
 # etcd, iperf3 and the CNI plugins: the overlay and anycast lab tests and benchmarks.
-HOST_PACKAGES=(frr iproute2 iputils-ping python3 python3-venv util-linux procps
+HOST_PACKAGES=(frr frr-pythontools iproute2 iputils-ping python3 python3-venv util-linux procps
   etcd-server etcd-client iperf3 containernetworking-plugins)
 # The image build (mkosi → squashfs + verity → UKI → ESP → GPT) and its VM tests.
 IMAGE_PACKAGES=(mkosi debootstrap systemd-container squashfs-tools cryptsetup-bin mtools

@@ -39,11 +39,10 @@ from firstboot.status import AnycastStatus, LinkStatus, NodeStatus, OverlayStatu
 from firstboot.systemd import log, notify, watchdog_interval
 from firstboot.vty import Vty
 from mesh import plan, pods
-from mesh.frr import link_cost, render_frr_conf
+from mesh.frr import FRR_RELOAD, link_cost, render_frr_conf
 from mesh.plan import HardwareIdentity, NodeIdentity
 from mesh.site import Site, load_site
 
-FRR_RELOAD = "/usr/lib/frr/frr-reload.py"
 # The own Router-LSA is re-originated at most every few seconds in a sane mesh;
 # a node fighting another with the same router-id re-originates it constantly.
 LSA_WAR_WINDOW = 30.0
@@ -185,7 +184,7 @@ class Agent:
         _chown_frr(tmp)
         tmp.replace(path)
         if self._frr_running():
-            cmd = [FRR_RELOAD, "--reload", "--confdir", str(self.opts.frr_dir), str(path)]
+            cmd = [str(FRR_RELOAD), "--reload", "--confdir", str(self.opts.frr_dir), str(path)]
             if self.opts.vty_socket:
                 cmd += ["--vty_socket", str(self.opts.vty_socket)]
             if self.opts.frr_run_dir:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from mesh import render
 from mesh.plan import NodeIdentity
 from mesh.site import Site
 
 FRR_DAEMONS = ("zebra", "ospf6d", "bfdd")
+FRR_BIN = Path("/usr/lib/frr")
+# Applies a changed frr.conf to running daemons (Debian package frr-pythontools).
+FRR_RELOAD = FRR_BIN / "frr-reload.py"
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
 # A link's OSPF cost from its speed: 10 Gb/s costs 10, 1 Gb/s 100, 100 Mb/s 1000, so

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from mesh import plan, topology
-from mesh.frr import FRR_DAEMONS, render_frr_conf
+from mesh.frr import FRR_BIN, FRR_DAEMONS, FRR_RELOAD, render_frr_conf
 from mesh.plan import HardwareIdentity, NodeIdentity
 from mesh.site import Site, load_site, new_site_toml
 from mesh.topology import Topology
 
 LAB_ROOT = Path("/run/kubermesh/lab")
-FRR_BIN = Path("/usr/lib/frr")
 LAB_NAME = re.compile(r"^[a-z0-9]{1,8}$")
 WORKERS = 8
 
@@ -219,6 +218,9 @@ class Lab:
         for tool in [FRR_BIN / d for d in FRR_DAEMONS]:
             if not tool.exists():
                 raise LabError(f"{tool} is missing: install FRR (apt-get install frr)")
+        if agent and not FRR_RELOAD.exists():
+            raise LabError(f"{FRR_RELOAD} is missing, and the node agent applies FRR "
+                           "configuration with it: apt-get install frr-pythontools")
         # Traversable (frr must reach its node's directory), not listable.
         self.dir.mkdir(parents=True, mode=0o711)
         try:

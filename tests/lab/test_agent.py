@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from firstboot.status import NodeStatus, Stage, read
-from mesh.lab import Lab
+from mesh.lab import Lab, LabError
+from mesh.topology import parse
 from tests.lab.conftest import LabFactory
 from tests.lab.test_mesh import wait_for
 
@@ -126,3 +127,13 @@ def test_duplicate_identity_is_reported(make_lab: LabFactory) -> None:
     wait_for("n1 and n4 to report the conflict", lambda: reported(1) and reported(4), timeout=40)
     assert not reported(2) and not reported(3)
     assert "CONFLICT" in (lab.node_dir(lab.node(1)) / "agent.log").read_text()
+
+
+def test_agent_lab_without_frr_reload_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    monkeypatch.setattr("mesh.lab.FRR_RELOAD", tmp_path / "frr-reload.py")
+    lab = Lab("noreload", root=tmp_path / "labs")
+    with pytest.raises(LabError, match="frr-pythontools"):
+        lab.up(parse("line:2"), agent=True)
+    assert not lab.exists()
+    assert not lab._namespaces()
