@@ -63,7 +63,7 @@ def join(args: argparse.Namespace) -> dict[str, Any]:
             for vm in vms:
                 if vm.name in joined:
                     continue
-                counts = [int(m) for m in JOINED.findall(vm.console.read_text(errors="replace"))]
+                counts = [int(m) for m in JOINED.findall(vm.console_text())]
                 if want in counts:
                     assert vm.started_at is not None
                     joined[vm.name] = time.monotonic() - vm.started_at

@@ -256,12 +256,16 @@ class VM:
     def boot_id(self) -> str:
         return self.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
 
-    def console_tail(self, lines: int = 40) -> str:
+    def console_text(self) -> str:
+        """The serial console so far ("" before QEMU has opened it)."""
         try:
-            text = self.console.read_text(errors="replace")
-        except OSError:
-            return "(no console output)"
-        return "\n".join(text.splitlines()[-lines:])
+            return self.console.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = 40) -> str:
+        text = self.console_text()
+        return "\n".join(text.splitlines()[-lines:]) if text else "(no console output)"
 
     def stop(self) -> None:
         """Kill this VM's QEMU (its own process group, by PID) and reap it."""

@@ -151,7 +151,7 @@ def test_status_shows_overlay_and_anycast_stages(guests: Guests,
     # A stage the agent saw for less than a round is skipped (links -> overlay when
     # the routes came in between two rounds), so the console lines form a chain
     # from booting, each change leaving the stage the one before entered.
-    console = guests.a.console.read_text(errors="replace")
+    console = guests.a.console_text()
     changes = re.findall(r"kubermesh: stage (\w+) -> (\w+)", console)
     assert changes and changes[0][0] == "booting", console[-3000:]
     assert all(x[1] == y[0] for x, y in itertools.pairwise(changes)), changes
