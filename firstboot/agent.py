@@ -366,9 +366,28 @@ class Agent:
         else:
             self.errors.pop(name, None)
 
+    def resume(self) -> None:
+        """Take up from the status an earlier run of this agent left (it restarted,
+        the node did not): the stage and the mesh it had reported are not announced
+        again, and a conflict it reported stays reported for its hold time."""
+        try:
+            prev = status.read(self.opts.status_file)
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # first run of this boot, or a file from an older agent
+        if prev.node_id != self.node.node_id:
+            return
+        self.stage = prev.stage
+        if prev.known_nodes and prev.routes_to == prev.known_nodes:
+            self.joined = prev.routes_to
+        if prev.conflicts:
+            self.conflict = (prev.conflicts, time.monotonic())
+            self.in_conflict = True
+        log(f"kubermesh agent: resuming at stage {prev.stage}")
+
     def run(self) -> None:
         log(f"kubermesh agent: {self.node.hostname} {self.node.loopback} "
             f"router-id {self.node.router_id} (from {self.hw})", node_id=self.node.node_id)
+        self.resume()
         self.ipr.bind()  # link and address events wake the loop
         ping = watchdog_interval()
         st = self.step()

@@ -24,6 +24,7 @@ from firstboot.status import (
 )
 from mesh import plan
 from mesh.plan import HardwareIdentity
+from mesh.site import new_site_toml
 
 
 def fake_nic(sysfs: Path, name: str, mac: str, physical: bool = True, perm: bool = True,
@@ -150,3 +151,29 @@ def test_networkd_files() -> None:
     assert "LinkLocalAddressing=ipv6" in mesh
     assert "DHCP=yes" in files["40-kubermesh-other-mgmt0.network"]
     assert len(files) == 2
+
+
+def test_a_restarted_agent_resumes_from_its_status(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(new_site_toml("t"))
+    opts = agent.Options(site_file=site, frr_dir=tmp_path, status_file=tmp_path / "status.json",
+                         identity=HardwareIdentity("mac", "52:54:00:00:00:01"))
+    fresh = agent.Agent(opts)
+    fresh.resume()  # no status yet: a first run
+    assert (fresh.stage, fresh.joined, fresh.in_conflict) == (Stage.BOOTING, 0, False)
+
+    node = fresh.node
+    write(NodeStatus(node.node_id, node.hostname, "mac:52:54:00:00:00:01", str(node.loopback),
+                     str(node.router_id), Stage.OVERLAY, known_nodes=3, routes_to=3,
+                     conflicts=("another node uses router-id x",)), opts.status_file)
+    again = agent.Agent(opts)
+    again.resume()
+    assert (again.stage, again.joined, again.in_conflict) == (Stage.OVERLAY, 3, True)
+    assert again.conflict[0] == ("another node uses router-id x",)
+    assert "resuming at stage overlay" in capsys.readouterr().out
+
+    # A status left under another identity is not taken up.
+    other = agent.Agent(replace(opts, identity=HardwareIdentity("mac", "52:54:00:00:00:02")))
+    other.resume()
+    assert (other.stage, other.joined, other.in_conflict) == (Stage.BOOTING, 0, False)

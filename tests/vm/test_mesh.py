@@ -167,6 +167,49 @@ def test_anycast_stage_needs_an_apiserver(image: Image) -> None:
     pytest.fail("an image with Kubernetes: the control-plane bootstrap is not built yet")
 
 
+def unit_main_pid(vm: VM, unit: str) -> tuple[str, int, int]:
+    """(ActiveState, MainPID, NRestarts) of a unit."""
+    state, pid, restarts = vm.ssh(f"systemctl show -P ActiveState -P MainPID -P NRestarts "
+                                  f"{unit}").stdout.split()
+    return state, int(pid), int(restarts)
+
+
+def test_dead_daemons_come_back(guests: Guests, line: dict[str, dict[str, Any]]) -> None:
+    """On c: ospf6d killed is started again by watchfrr and its routes return; the
+    agent killed is restarted by systemd, reports ready again and takes up its
+    status where it was."""
+    c = guests.c
+    others = [line["a"], line["b"]]
+    [old] = c.ssh("pidof ospf6d").stdout.split()
+    c.ssh(f"kill -KILL {old}")
+
+    def new_ospf6d() -> str | None:
+        pids = c.ssh("pidof ospf6d", check=False).stdout.split()
+        return pids[0] if pids and pids != [old] else None
+
+    poll("watchfrr to start ospf6d again on c", new_ospf6d, 300, every=3)
+    wait_status(c, "c's routes to a and b again", routes_all(others), 300)
+
+    state, pid, restarts = unit_main_pid(c, "kubermesh-agent.service")
+    assert state == "active" and pid > 0, (state, pid)
+    killed_at = float(c.ssh("date +%s.%N").stdout)
+    c.ssh(f"kill -KILL {pid}")
+
+    def restarted() -> tuple[str, int, int] | None:
+        now = unit_main_pid(c, "kubermesh-agent.service")
+        # active, not activating: the new agent has sent READY=1 (Type=notify).
+        return now if now[0] == "active" and now[1] not in (0, pid) else None
+
+    state, _, after = poll("systemd to restart c's agent", restarted, 600, every=3)
+    assert after == restarts + 1
+    st = wait_status(c, "a status written by the new agent, routing to a and b",
+                     routes_all(others), 300)
+    written = float(c.ssh("stat -c %.9Y /run/kubermesh/status.json").stdout)
+    assert written > killed_at
+    assert st["loopback"] == line["c"]["loopback"], st
+    succeeds(guests.a, f"ping -6 -c 3 -W 5 {line['c']['loopback']}")
+
+
 def test_b_reboots_with_the_same_addresses(late: Guests,
                                            line: dict[str, dict[str, Any]]) -> None:
     """While d and the twin boot, b reboots: same identity, /var kept, mesh re-formed."""
