@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import re
 import select
 import shutil
 import socket
@@ -37,7 +38,7 @@ from firstboot import hardware, networkd, status
 from firstboot.overlay import RTPROT_KUBERMESH
 from firstboot.status import AnycastStatus, LinkStatus, NodeStatus, OverlayStatus, Stage
 from firstboot.systemd import log, notify, watchdog_interval
-from firstboot.vty import Vty
+from firstboot.vty import Vty, VtyError
 from mesh import plan, pods
 from mesh.frr import FRR_RELOAD, link_cost, render_frr_conf
 from mesh.plan import HardwareIdentity, NodeIdentity
@@ -80,6 +81,15 @@ class Options:
     networkd_dir: Path | None = None  # the image: /run/systemd/network; the lab: none
     env_dir: Path | None = None  # where node.env and anycast.env go (the image: /run/kubermesh)
     kubelet_binary: Path = Path("/usr/bin/kubelet")
+
+
+_SPF_NODE = re.compile(r"\+-(\d{1,3}(?:\.\d{1,3}){3}) \[")
+
+
+def spf_tree_routers(text: str) -> set[str]:
+    """Router-ids in `show ipv6 ospf6 spf tree`: "+-10.0.0.1 [100]" per node, the
+    root first, children indented under "|" rules."""
+    return set(_SPF_NODE.findall(text))
 
 
 class Agent:
@@ -212,12 +222,17 @@ class Agent:
         db = self.vty.json("ospf6d", "show ipv6 ospf6 database router json")
         lsas = [x for area in db.get("areaScopedLinkStateDb", []) for x in area.get("lsa", [])]
         me = str(self.node.router_id)
-        routers = {x["advRouter"] for x in lsas} - {me}
+        # A dead node's Router-LSA stays in the database until it ages out (an
+        # hour), still listing its links: only what the SPF tree reaches counts.
+        reachable = self._spf_reachable() - {me}
+        in_db = {x["advRouter"] for x in lsas} - {me}
+        routers = in_db & reachable
         own_seq = max((x["seqNum"] for x in lsas if x["advRouter"] == me), default=None)
-        # Routers whose Router-LSA lists a link to this router-id that this node
-        # does not have: someone else holds the router-id (payload "rid/ifid").
+        # Reachable routers whose Router-LSA lists a link to this router-id that
+        # this node does not have: someone else holds the router-id (payload
+        # "rid/ifid").
         claim_me = {x["advRouter"] for x in lsas
-                    if x["advRouter"] != me and str(x.get("payload", "")).split("/")[0] == me}
+                    if x["advRouter"] in routers and str(x.get("payload", "")).split("/")[0] == me}
         phantoms = claim_me - {n.get("neighborId") for n in adjacent}
         found = self._lsa_war(own_seq) + self._phantom_links(phantoms)
         now = time.monotonic()
@@ -253,7 +268,15 @@ class Agent:
             known=tuple(sorted(routers)), routed=tuple(sorted(routed)),
             conflicts=conflicts, errors=tuple(f"{k}: {v}" for k, v in self.errors.items()),
             overlay=overlay, anycast=anycast, kubelet=kubelet,
+            unreachable=tuple(sorted(in_db - reachable)),
         )
+
+    def _spf_reachable(self) -> set[str]:
+        """The router-ids in ospf6d's shortest-path tree; none while it is down."""
+        try:
+            return spf_tree_routers(self.vty.command("ospf6d", "show ipv6 ospf6 spf tree"))
+        except VtyError:
+            return set()
 
     def _lo_addresses(self) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         lo = self.ipr.link_lookup(ifname="lo")[0]

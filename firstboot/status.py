@@ -66,12 +66,15 @@ class NodeStatus:
     router_id: str
     stage: Stage
     links: tuple[LinkStatus, ...] = ()
-    known_nodes: int = 0  # other routers in the OSPFv3 link-state database
+    known_nodes: int = 0  # other routers the OSPFv3 SPF tree reaches
     routes_to: int = 0  # of their loopbacks, how many have a kernel route
     known: tuple[str, ...] = ()  # their router-ids
     routed: tuple[str, ...] = ()  # the other nodes' loopbacks this node routes to
     conflicts: tuple[str, ...] = ()
     errors: tuple[str, ...] = field(default=())
+    # Routers still in the link-state database that the SPF tree does not reach:
+    # dead or cut off. Their Router-LSAs stay until they age out (an hour).
+    unreachable: tuple[str, ...] = ()
     overlay: OverlayStatus = OverlayStatus()
     anycast: tuple[AnycastStatus, ...] = ()
     kubelet: str = KUBELET_NOT_INSTALLED  # or the kubelet unit's state (active, …)
@@ -86,8 +89,8 @@ class NodeStatus:
         d = dict(d)
         d["stage"] = Stage[d["stage"].upper()]
         d["links"] = tuple(LinkStatus(**x) for x in d["links"])
-        for key in ("known", "routed", "conflicts"):
-            d[key] = tuple(d[key])
+        for key in ("known", "routed", "conflicts", "unreachable"):
+            d[key] = tuple(d.get(key, ()))
         d["errors"] = tuple(d["errors"])
         d["overlay"] = OverlayStatus(**d.get("overlay", {}))
         d["anycast"] = tuple(AnycastStatus(**x) for x in d.get("anycast", ()))
@@ -132,7 +135,9 @@ def render(s: NodeStatus) -> str:
         f"loopback  {s.loopback}",
         f"router-id {s.router_id}",
         f"stage     {s.stage}",
-        f"routes    to {s.routes_to} of {s.known_nodes} other nodes",
+        f"routes    to {s.routes_to} of {s.known_nodes} other nodes"
+        + (f"; {len(s.unreachable)} more unreachable ({', '.join(s.unreachable)})"
+           if s.unreachable else ""),
         "links",
     ]
     for link in s.links:

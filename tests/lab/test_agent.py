@@ -131,6 +131,31 @@ def test_duplicate_identity_is_reported(make_lab: LabFactory) -> None:
     assert "CONFLICT" in (lab.node_dir(lab.node(1)) / "agent.log").read_text()
 
 
+def test_a_dead_neighbour_is_unreachable_not_a_conflict(make_lab: LabFactory) -> None:
+    """n3 dies: its Router-LSA, still listing a link to n2, stays in n2's database
+    for an hour. n2 reports n3 unreachable, routes to the rest, and no conflict,
+    for longer than the conflict check's window."""
+    lab = make_lab("line:3", agent=True)
+    dead = lab.node(3).router_id
+    lab.kill(3)
+
+    def settled() -> bool:
+        st = node_status(lab, 2)
+        return st.unreachable == (dead,) and st.stage == Stage.ROUTES
+
+    wait_for("n2 to report n3 unreachable and route to n1", settled, timeout=30)
+    lsdb = lab.vtysh(lab.node(2), "show ipv6 ospf6 database router json")
+    assert any(x["advRouter"] == dead for area in lsdb["areaScopedLinkStateDb"]
+               for x in area["lsa"]), "n3's stale Router-LSA is what this test is about"
+    end = time.monotonic() + 45  # past the 30 s window of the phantom-link check
+    while time.monotonic() < end:
+        st = node_status(lab, 2)
+        assert not st.conflicts, st.conflicts
+        assert st.known == (lab.node(1).router_id,) and st.routes_to == 1, st
+        time.sleep(2)
+    assert "CONFLICT" not in (lab.node_dir(lab.node(2)) / "agent.log").read_text()
+
+
 def test_agent_lab_without_frr_reload_is_refused(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     monkeypatch.setattr("mesh.lab.FRR_RELOAD", tmp_path / "frr-reload.py")

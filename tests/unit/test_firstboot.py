@@ -177,3 +177,25 @@ def test_a_restarted_agent_resumes_from_its_status(tmp_path: Path,
     other = agent.Agent(replace(opts, identity=HardwareIdentity("mac", "52:54:00:00:00:02")))
     other.resume()
     assert (other.stage, other.joined, other.in_conflict) == (Stage.BOOTING, 0, False)
+
+
+def test_spf_tree_routers() -> None:
+    tree = ("+-217.12.200.96 [0]\n"
+            "   +-89.195.106.186 [100]\n"
+            "   |  +-130.25.188.211 [200]\n"
+            "   |     +-15.127.174.86 [300]\n"
+            "   +-212.154.56.88 [100]\n"
+            "      +-216.89.78.69 [200]\n")
+    assert agent.spf_tree_routers(tree) == {
+        "217.12.200.96", "89.195.106.186", "130.25.188.211", "15.127.174.86",
+        "212.154.56.88", "216.89.78.69"}
+    assert agent.spf_tree_routers("") == set()
+
+
+def test_status_names_unreachable_routers(tmp_path: Path) -> None:
+    st = NodeStatus("ab" * 8, "km-abababababab", "mac:52:54:00:00:00:01", "fd00::1",
+                    "10.1.2.3", Stage.ROUTES, (link("enp1s0", state="Full"),),
+                    known_nodes=1, routes_to=1, unreachable=("10.9.9.9",))
+    write(st, tmp_path / "s.json")
+    assert read(tmp_path / "s.json") == st
+    assert "routes    to 1 of 1 other nodes; 1 more unreachable (10.9.9.9)" in render(st)

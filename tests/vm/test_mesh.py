@@ -169,9 +169,10 @@ def test_anycast_stage_needs_an_apiserver(image: Image) -> None:
 
 def unit_main_pid(vm: VM, unit: str) -> tuple[str, int, int]:
     """(ActiveState, MainPID, NRestarts) of a unit."""
-    state, pid, restarts = vm.ssh(f"systemctl show -P ActiveState -P MainPID -P NRestarts "
-                                  f"{unit}").stdout.split()
-    return state, int(pid), int(restarts)
+    # Key=value lines, in systemd's order rather than the order asked for.
+    out = vm.ssh(f"systemctl show -p ActiveState -p MainPID -p NRestarts {unit}").stdout
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return props["ActiveState"], int(props["MainPID"]), int(props["NRestarts"])
 
 
 def test_dead_daemons_come_back(guests: Guests, line: dict[str, dict[str, Any]]) -> None:
