@@ -19,6 +19,7 @@ trials. The image comes from $KUBERMESH_IMAGE or out/.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -92,6 +93,11 @@ def path_of(a: VM, dst: str) -> str:
     return str(json.loads(a.ssh(f"ip -6 -j route get {dst}").stdout)[0]["dev"])
 
 
+def path_if(a: VM, dst: str, dev: str) -> str | None:
+    """a's path to dst if it leaves by dev, else None (for polling)."""
+    return dev if path_of(a, dst) == dev else None
+
+
 def stream(a: VM, dst: str, out: dict[str, str]) -> None:
     out["text"] = a.ssh(f"ping -6 -D -n -i {INTERVAL} -w {STREAM} {dst}", timeout=STREAM + 60,
                         check=False).stdout
@@ -111,10 +117,18 @@ def failover(args: argparse.Namespace) -> dict[str, Any]:
         sts = {vm.name: wait_status(vm, "routes to the other two",
                                     lambda s: s["routes_to"] == 2, 900) for vm in (a, b, c)}
         dst = sts["c"]["loopback"]
+        b_rid = sts["b"]["router_id"]
         trials: list[dict[str, Any]] = []
         for trial in range(args.trials):
             wait_status(a, "routes to b and c", lambda s: s["routes_to"] == 2, 600)
-            before = poll("a's route to c to settle", lambda: path_of(a, dst), 60)
+            # a's cable to b; after a frozen b resumes, the route comes back to it
+            # only once the adjacency and BFD are up again.
+            [via_b] = [x["name"] for x in status(a)["links"] if x["neighbour"] == b_rid]
+            if args.equal:
+                before = path_of(a, dst)
+            else:
+                before = poll(f"a's route to c through b ({via_b})",
+                              functools.partial(path_if, a, dst, via_b), 600, every=1)
             out: dict[str, str] = {}
             pinger = threading.Thread(target=stream, args=(a, dst, out))
             pinger.start()
@@ -129,7 +143,7 @@ def failover(args: argparse.Namespace) -> dict[str, Any]:
             after = path_of(a, dst)
             gap = outage(out["text"])
             trials.append({"b": how, "path_before": before, "path_after": after,
-                           "outage_s": gap})
+                           "crossed_b": before == via_b, "outage_s": gap})
             print(f"trial {trial + 1}: b {how}; a->c via {before} then {after}: "
                   f"outage {gap:.3f} s", flush=True)
             if not last:
