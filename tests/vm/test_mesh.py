@@ -167,7 +167,7 @@ def test_anycast_stage_needs_an_apiserver(image: Image) -> None:
     pytest.fail("an image with Kubernetes: the control-plane bootstrap is not built yet")
 
 
-def unit_main_pid(vm: VM, unit: str) -> tuple[str, int, int]:
+def unit_state(vm: VM, unit: str) -> tuple[str, int, int]:
     """(ActiveState, MainPID, NRestarts) of a unit."""
     # Key=value lines, in systemd's order rather than the order asked for.
     out = vm.ssh(f"systemctl show -p ActiveState -p MainPID -p NRestarts {unit}").stdout
@@ -191,17 +191,17 @@ def test_dead_daemons_come_back(guests: Guests, line: dict[str, dict[str, Any]])
     poll("watchfrr to start ospf6d again on c", new_ospf6d, 300, every=3)
     wait_status(c, "c's routes to a and b again", routes_all(others), 300)
 
-    state, pid, restarts = unit_main_pid(c, "kubermesh-agent.service")
+    state, pid, restarts = unit_state(c, "kubermesh-agent.service")
     assert state == "active" and pid > 0, (state, pid)
     killed_at = float(c.ssh("date +%s.%N").stdout)
     c.ssh(f"kill -KILL {pid}")
 
     def restarted() -> tuple[str, int, int] | None:
-        now = unit_main_pid(c, "kubermesh-agent.service")
+        now = unit_state(c, "kubermesh-agent.service")
         # active, not activating: the new agent has sent READY=1 (Type=notify).
         return now if now[0] == "active" and now[1] not in (0, pid) else None
 
-    state, _, after = poll("systemd to restart c's agent", restarted, 600, every=3)
+    _, _, after = poll("systemd to restart c's agent", restarted, 600, every=3)
     assert after == restarts + 1
     st = wait_status(c, "a status written by the new agent, routing to a and b",
                      routes_all(others), 300)
