@@ -8,8 +8,12 @@ cd "$(dirname "$0")"
 
 # frr-pythontools: frr-reload.py, which the node agent applies its FRR configuration with.
 # etcd, iperf3 and the CNI plugins: the overlay and anycast lab tests and benchmarks.
+# nftables: the lab applies the node's packet filter (nft -f) in every namespace.
+# libsystemd-dev, pkg-config, gcc, python3-dev: systemd-python (requirements.lock) has no
+# wheel on PyPI; pip builds it from source, for the .venv and for the image.
 HOST_PACKAGES=(frr frr-pythontools iproute2 iputils-ping python3 python3-venv util-linux procps
-  etcd-server etcd-client iperf3 containernetworking-plugins)
+  etcd-server etcd-client iperf3 containernetworking-plugins nftables
+  libsystemd-dev pkg-config gcc python3-dev)
 # The image build (mkosi → squashfs + verity → UKI → ESP → GPT) and its VM tests.
 IMAGE_PACKAGES=(mkosi debootstrap systemd-container squashfs-tools cryptsetup-bin mtools
   dosfstools systemd-boot-efi binutils fdisk cpio zstd qemu-system-x86 ovmf openssh-client)

@@ -23,8 +23,8 @@ import sys
 import time
 
 from bench.common import lab, save, summary
-from mesh.lab import Lab
-from mesh.labstack import (
+from lab.netns import Lab
+from lab.stack import (
     etcd_answering,
     etcd_anycast_url,
     etcd_members,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -12,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mesh.lab import Lab
+from firstboot.files import write_atomic
+from lab.netns import Lab
 from mesh.site import new_site_toml, parse_site
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,9 +29,8 @@ def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = N
         text = text.replace("bfd_multiplier = 3", f"bfd_multiplier = {bfd_multiplier}")
     parse_site(tomllib.loads(text))
     path = Path(f"/run/kubermesh/bench-{os.getpid()}.toml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(0o600)
+    write_atomic(path, text, 0o600)  # it holds the site's secrets
+    atexit.register(path.unlink, missing_ok=True)  # gone when the benchmark ends
     return path
 
 

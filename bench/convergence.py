@@ -18,7 +18,7 @@ import os
 import time
 
 from bench.common import lab, save, site_file
-from mesh.lab import Lab
+from lab.netns import Lab
 from mesh.topology import parse
 
 

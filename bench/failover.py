@@ -20,7 +20,7 @@ import time
 from ipaddress import IPv6Address
 
 from bench.common import lab, save, site_file, summary
-from mesh.lab import Lab
+from lab.netns import Lab
 from mesh.topology import parse
 
 INTERVAL = 0.01

@@ -26,9 +26,9 @@ import sys
 import time
 
 from bench.common import lab, save
+from lab.netns import Lab
+from lab.stack import add_pod, kernel_routes, remembered_block, start_overlay
 from mesh import pods
-from mesh.lab import Lab
-from mesh.labstack import add_pod, kernel_routes, remembered_block, start_overlay
 from mesh.topology import parse
 
 PORT = 5201

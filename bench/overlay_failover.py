@@ -21,8 +21,8 @@ import time
 
 from bench.common import lab, save, summary
 from bench.failover import INTERVAL, KILL_AT, STREAM, outage, pick_trial
-from mesh.lab import Lab
-from mesh.labstack import kernel_routes, node_address, start_overlay
+from lab.netns import Lab
+from lab.stack import kernel_routes, node_address, start_overlay
 from mesh.topology import parse
 
 

@@ -1,44 +1,38 @@
-"""The anycast agent: a service's /128 on `lo` while the local instance is healthy.
+"""Anycast: a service's /128 on lo while the local instance is healthy.
 
-    python -m firstboot.anycast serve --site FILE \
-        --service etcd=http://[::1]:2379/health [--service apiserver=https://…/healthz]
-    python -m firstboot.anycast wait --site FILE --service apiserver [--timeout 300]
-
-`serve` probes each service given (HTTP(S) GET answered 2xx, or a TCP connect
-for tcp://host:port) every --interval seconds. After --rise good probes in a
-row the service's anycast address from the site goes on `lo`, and ospf6d
-announces it; after --fall bad ones it is removed, and the mesh routes its
-clients to the next nearest healthy instance. Each service has its own thread:
-a hung probe of one delays no other. On stop, every address it manages is
-withdrawn: an instance no longer watched must not attract clients.
-
-`wait` returns once the address is reachable (a route to it, or local), for
-units that need the service (the kubelet needs the apiserver).
+Each service this node runs (the credential kubermesh.anycast in the image, one
+`name=probe-URL` per line; `--anycast` in the lab) is probed in a thread of its
+own every INTERVAL (HTTP(S) GET answered 2xx, or a TCP connect for
+tcp://host:port), so a hung probe of one delays no other. After RISE good probes
+in a row its anycast address from the site goes on lo and ospf6d announces it;
+after FALL bad ones it is removed, and the mesh routes its clients to the next
+nearest healthy instance. On stop every address it manages is withdrawn: an
+instance no longer watched must not attract clients.
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import logging
 import socket
 import ssl
-import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv6Address
-from pathlib import Path
+from typing import Any
 
-from pyroute2 import IPRoute
-
-from firstboot.runtime import NetlinkWatch, Stop, setup_logging, stop_on_signals
-from firstboot.systemd import notify
-from mesh.site import Site, SiteError, load_site
+from firstboot.runtime import Controller
+from mesh.site import Site
 
 log = logging.getLogger("kubermesh.anycast")
+
+INTERVAL = 0.2  # seconds between probes
+TIMEOUT = 0.5  # a probe's own timeout
+RISE = FALL = 3
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -89,6 +83,7 @@ class Probe:
         except Exception as e:  # whatever went wrong, the service did not answer well
             return str(e) or type(e).__name__
 
+
 class Hysteresis:
     """Healthy after `rise` good results in a row, unhealthy after `fall` bad ones."""
 
@@ -108,171 +103,112 @@ class Hysteresis:
                 self.healthy, self._run = ok, 0
         return self.healthy
 
+
 @dataclass(frozen=True)
 class Service:
     name: str
     address: IPv6Address
     probe: Probe
 
+
 def parse_services(site: Site, specs: list[str]) -> list[Service]:
     services = []
     for spec in specs:
         name, sep, url = spec.partition("=")
         if not sep:
-            raise ValueError(f"--service {spec!r}: expected NAME=URL")
+            raise ValueError(f"{spec!r}: expected name=probe-URL")
         if name not in site.anycast:
-            raise ValueError(f"--service {name}: the site has no anycast address for it "
+            raise ValueError(f"{spec!r}: the site has no anycast address for {name!r} "
                              f"(it has {', '.join(sorted(site.anycast))})")
         services.append(Service(name, site.anycast[name], Probe.parse(url)))
     return services
 
-class Announcer:
-    """The /128s on `lo`: one netlink socket, shared by the service threads."""
 
-    def __init__(self) -> None:
-        self.ipr = IPRoute()
-        self.lo = self.ipr.link_lookup(ifname="lo")[0]
+class Anycast(Controller):
+    """The anycast /128s on lo follow the services' health."""
+
+    name = "anycast"
+    period = 1.0  # also puts back an address removed by hand
+
+    def __init__(self, services: list[Service], ipr: Any, post: Callable[[str], None],
+                 interval: float = INTERVAL, rise: int = RISE, fall: int = FALL) -> None:
+        self.services, self.ipr, self.post = services, ipr, post
+        self.interval = interval
+        self.lo = ipr.link_lookup(ifname="lo")[0]
+        have = self._on_lo()
+        # Start from what lo has: a restarted runtime does not withdraw a healthy service.
+        self.health = {s.name: Hysteresis(rise, fall, healthy=s.address in have)
+                       for s in services}
+        self.last_error: dict[str, str | None] = {s.name: "" for s in services}
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.announced: frozenset[IPv6Address] = frozenset()
+        for svc in services:
+            log.info("%s: probing %s every %.2f s (rise %d, fall %d); %s %s", svc.name,
+                     svc.probe, interval, rise, fall, svc.address,
+                     "announced" if self.health[svc.name].healthy else "withdrawn")
+            threading.Thread(target=self._probe, args=(svc,), name=f"probe-{svc.name}",
+                             daemon=True).start()
 
-    def present(self, addr: IPv6Address) -> bool:
-        with self.lock:
-            return any(a.get_attr("IFA_ADDRESS") == str(addr) and a["prefixlen"] == 128
-                       for a in self.ipr.get_addr(index=self.lo, family=socket.AF_INET6))
+    def _probe(self, svc: Service) -> None:
+        next_at = time.monotonic()
+        while not self.stopping.is_set():
+            error = svc.probe.check(TIMEOUT)
+            with self.lock:
+                h = self.health[svc.name]
+                was = h.healthy
+                now = h.update(error is None)
+                if error != self.last_error[svc.name] and error is not None:
+                    log.info("%s: probe failed: %s", svc.name, error)
+                self.last_error[svc.name] = error
+            if now != was:
+                log.warning("%s: %s, %s %s", svc.name, "healthy" if now else "unhealthy",
+                            "announcing" if now else "withdrawing", svc.address,
+                            extra={"fields": {"service": svc.name, "healthy": str(now)}})
+                self.post(self.name)
+            next_at += self.interval
+            self.stopping.wait(max(0.0, next_at - time.monotonic()))
+            next_at = max(next_at, time.monotonic() - self.interval)  # no catching up
 
-    def set(self, addr: IPv6Address, on: bool) -> None:
-        if self.present(addr) == on:
-            return
+    def _on_lo(self) -> set[IPv6Address]:
+        return {IPv6Address(a.get_attr("IFA_ADDRESS"))
+                for a in self.ipr.get_addr(index=self.lo, family=socket.AF_INET6)
+                if a["prefixlen"] == 128}
+
+    def desired(self) -> frozenset[IPv6Address]:
         with self.lock:
-            self.ipr.addr("add" if on else "del", index=self.lo, address=str(addr),
-                          prefixlen=128)
+            return frozenset(s.address for s in self.services if self.health[s.name].healthy)
+
+    def states(self) -> dict[str, bool]:
+        with self.lock:
+            return {s.name: self.health[s.name].healthy for s in self.services}
+
+    def reconcile(self) -> bool:
+        self._apply(self.desired())
+        return self._set_announced(self.desired())
+
+    def _set_announced(self, now: frozenset[IPv6Address]) -> bool:
+        changed = now != self.announced
+        self.announced = now
+        return changed
+
+    def _apply(self, want: frozenset[IPv6Address]) -> None:
+        have = self._on_lo()
+        errors = []
+        for svc in self.services:
+            on = svc.address in want
+            if (svc.address in have) == on:
+                continue
+            try:
+                self.ipr.addr("add" if on else "del", index=self.lo, address=str(svc.address),
+                              prefixlen=128)
+            except Exception as e:
+                errors.append(f"{'adding' if on else 'removing'} {svc.address}: {e}")
+        if errors:
+            raise RuntimeError("; ".join(errors))
 
     def close(self) -> None:
-        self.ipr.close()
-
-def watch(svc: Service, announce: Announcer, interval: float, timeout: float, rise: int,
-          fall: int, clock: Callable[[], float] = time.monotonic) -> None:
-    """One service's loop: probe, hysteresis, and the address made to match."""
-    # Start from what lo has: a restarted agent does not withdraw a healthy service.
-    try:
-        announced = announce.present(svc.address)
-    except Exception as e:
-        log.error("%s: reading lo's addresses failed: %s", svc.name, e)
-        announced = False
-    state = Hysteresis(rise, fall, healthy=announced)
-    log.info("%s: probing %s every %.2f s (rise %d, fall %d); %s %s", svc.name, svc.probe,
-             interval, rise, fall, svc.address, "announced" if state.healthy else "withdrawn")
-    last_error: str | None = ""
-    next_at = clock()
-    while True:
-        error = svc.probe.check(timeout)
-        was = state.healthy
-        healthy = state.update(error is None)
-        if error != last_error and error is not None:
-            log.info("%s: probe failed: %s", svc.name, error)
-        last_error = error
-        if healthy != was:
-            log.warning("%s: %s, %s %s", svc.name, "healthy" if healthy else "unhealthy",
-                        "announcing" if healthy else "withdrawing", svc.address)
-        try:
-            announce.set(svc.address, healthy)  # also puts back an address removed by hand
-        except Exception as e:
-            log.error("%s: %s %s on lo failed (retrying): %s", svc.name,
-                      "adding" if healthy else "removing", svc.address, e)
-        next_at += interval
-        time.sleep(max(0.0, next_at - clock()))
-        next_at = max(next_at, clock() - interval)  # after a long probe, do not catch up
-
-def serve(args: argparse.Namespace, site: Site) -> int:
-    try:
-        services = parse_services(site, args.service)
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
-    if not services:
-        log.error("no --service given: nothing to announce")
-        return 2
-    announce = Announcer()
-    stop_on_signals()
-    try:
-        for svc in services:
-            threading.Thread(target=watch, name=svc.name, daemon=True,
-                             args=(svc, announce, args.interval, args.timeout, args.rise,
-                                   args.fall)).start()
-        notify(READY="1")
-        while True:
-            time.sleep(3600)
-    except Stop as e:
-        log.info("stopping on %s: withdrawing %s", e,
-                 ", ".join(str(s.address) for s in services))
-        for svc in services:
-            try:
-                announce.set(svc.address, False)
-            except Exception as err:
-                log.error("removing %s failed: %s", svc.address, err)
-    finally:
-        announce.close()
-    return 0
-
-def reachable(ipr: IPRoute, addr: IPv6Address) -> bool:
-    """A route to `addr` other than an unreachable one, or `addr` local."""
-    try:
-        routes = ipr.route("get", dst=str(addr))
-    except Exception:
-        return False
-    return any(r["type"] in (1, 2) for r in routes)  # RTN_UNICAST, RTN_LOCAL
-
-def wait(args: argparse.Namespace, site: Site) -> int:
-    if len(args.service) != 1 or args.service[0] not in site.anycast:
-        log.error("wait takes one --service NAME of the site's anycast services (%s)",
-                  ", ".join(sorted(site.anycast)))
-        return 2
-    addr = site.anycast[args.service[0]]
-    deadline = time.monotonic() + args.timeout
-    netlink = NetlinkWatch()
-    with IPRoute() as ipr:
-        while not reachable(ipr, addr):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                # The first control-plane node runs the apiserver through the very
-                # kubelet that waits here: go on, the kubelet keeps retrying.
-                log.warning("%s (%s) not reachable after %.0f s; going on without it",
-                            args.service[0], addr, args.timeout)
-                return 0
-            netlink.wait(min(left, 1.0))
-    log.info("%s (%s) is reachable", args.service[0], addr)
-    return 0
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m firstboot.anycast", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["serve", "wait"])
-    p.add_argument("--site", type=Path, default=Path("/etc/kubermesh/site.toml"))
-    p.add_argument("--service", action="append", default=[],
-                   help="serve: NAME=URL (http://, https://, tcp://); wait: NAME")
-    p.add_argument("--interval", type=float, default=0.2, help="seconds between probes (≤ 1)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="serve: probe timeout (default 0.5 s); wait: seconds (default 300)")
-    p.add_argument("--rise", type=int, default=3)
-    p.add_argument("--fall", type=int, default=3)
-    p.add_argument("--debug", action="store_true")
-    args = p.parse_args(argv)
-    if not 0 < args.interval <= 1:
-        p.error("--interval must be more than 0 and at most 1 second")
-    if args.rise < 1 or args.fall < 1:
-        p.error("--rise and --fall must be at least 1")
-    if args.timeout is None:
-        args.timeout = 0.5 if args.command == "serve" else 300.0
-    return args
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging("anycast", args.debug)
-    try:
-        site = load_site(args.site)
-    except SiteError as e:
-        log.error("%s", e)
-        return 1
-    return serve(args, site) if args.command == "serve" else wait(args, site)
-
-if __name__ == "__main__":
-    sys.exit(main())
+        self.stopping.set()
+        if self.services:
+            log.info("withdrawing %s", ", ".join(str(s.address) for s in self.services))
+        self._apply(frozenset())

@@ -63,3 +63,15 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+def carrier(sysfs: Path, name: str) -> bool:
+    return _read(sysfs / "class" / "net" / name / "carrier") == "1"
+
+
+def speed(sysfs: Path, name: str) -> int | None:
+    """The NIC's speed in Mb/s, None when it does not say (-1, no carrier, no file)."""
+    try:
+        return int(_read(sysfs / "class" / "net" / name / "speed"))
+    except ValueError:
+        return None

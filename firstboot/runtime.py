@@ -1,108 +1,281 @@
-"""What the long-running node agents share: logging, stopping on signals, and a
-netlink watcher that wakes an agent's loop when the kernel reports a change."""
+"""The node runtime: one loop that runs every node-side concern as a controller.
+
+One netlink subscription (the union of the groups the controllers ask for),
+timers, a wake-up pipe for threads (health probes), SIGTERM, sd_notify
+READY/STATUS/WATCHDOG. Each controller says what wakes it: netlink messages it
+`wants`, a `period`, or a change in the output of a controller it runs `after`.
+A pass runs the woken controllers in order; one that raises is reported
+(`{state, error, since}` in the registry, once in the log at priority err) and
+retried with backoff, and never keeps the others from running.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import select
 import signal
-import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import (
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_IPV6_IFADDR,
-    RTMGRP_IPV6_ROUTE,
-    RTMGRP_LINK,
-)
+from firstboot.systemd import notify, watchdog_interval
 
-# Linux rtnetlink group for nexthop objects (zebra installs routes with them); it is
-# above 31, so it is joined with setsockopt rather than the bind() bitmask.
-RTNLGRP_NEXTHOP = 32
+log = logging.getLogger("kubermesh.runtime")
 
-log = logging.getLogger("kubermesh")
+RETRY_FIRST = 1.0  # seconds before a failed controller runs again; doubles up to
+RETRY_MAX = 30.0
+SETTLE = 0.02  # messages arriving this close together are one batch (a SPF run)
+IDLE = 30.0  # the loop wakes at least this often
 
 
-def setup_logging(name: str, debug: bool = False) -> logging.Logger:
-    """One line per event on stderr: the journal (or the lab's node log) keeps it."""
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format=f"%(asctime)s {name}: %(message)s")
-    # --debug is about the agent, not pyroute2's message-level chatter.
-    logging.getLogger("kubermesh").setLevel(logging.DEBUG if debug else logging.INFO)
-    return logging.getLogger(f"kubermesh.{name}")
+class Controller:
+    """One concern: typed inputs to desired state (pure), applied by diff, reported."""
+
+    name: ClassVar[str]
+    period: ClassVar[float | None] = None  # run at least this often (seconds)
+    groups: ClassVar[int] = 0  # rtnetlink multicast groups it needs
+    after: ClassVar[tuple[str, ...]] = ()  # controllers whose changes wake it
+
+    def wants(self, msg: Any) -> bool:
+        """Whether a netlink message wakes it (it is then handed to `message`)."""
+        return False
+
+    def message(self, msg: Any) -> None:
+        """Take one wanted netlink message into the controller's model."""
+
+    def reconcile(self) -> bool:
+        """Make the world match; True when this controller's output changed."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """On stop: undo what must not outlive the runtime."""
+
+    def next_run(self) -> float | None:
+        """Seconds until it should run again if nothing wakes it (default: `period`)."""
+        return self.period
 
 
-class Stop(BaseException):
-    """Raised in the main thread by SIGTERM/SIGINT; a BaseException, so the loops'
-    `except Exception` (report and retry) never swallows it."""
+@dataclass(frozen=True)
+class ControllerStatus:
+    state: str  # "pending" (not run yet), "ok" or "error"
+    error: str = ""
+    since: float = 0.0  # wall-clock time of the last change of state or error
 
 
-def stop_on_signals() -> None:
-    def handler(signum: int, _: FrameType | None) -> None:
-        raise Stop(signal.Signals(signum).name)
+class Registry:
+    """What each controller last reported."""
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    def __init__(self, names: Sequence[str]) -> None:
+        now = time.time()
+        self.status = {n: ControllerStatus("pending", "", now) for n in names}
+
+    def report(self, name: str, error: str = "") -> bool:
+        """Record a result; True when it differs from the last one."""
+        state = "error" if error else "ok"
+        old = self.status[name]
+        if old.state == state and old.error == error:
+            return False
+        self.status[name] = ControllerStatus(state, error, time.time())
+        return True
+
+    def errors(self) -> dict[str, str]:
+        return {n: s.error for n, s in self.status.items() if s.state == "error"}
 
 
-GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
-          | RTMGRP_IPV6_ROUTE)
+class Stop(Exception):
+    pass
 
 
-class NetlinkWatch:
-    """Routes, addresses and links changing in this network namespace.
+class Runtime:
+    def __init__(self, netlink: Callable[[int], Any] | None = None) -> None:
+        """`netlink(groups)` makes the event socket (a bound pyroute2 IPRoute) when
+        the runtime starts; None for no netlink at all (tests)."""
+        self.controllers: list[Controller] = []
+        self.registry = Registry([])
+        self.due: dict[str, float] = {}  # monotonic; 0: run now
+        self.failures: dict[str, int] = {}
+        self.dirty: set[str] = set()
+        self.passes = 0
+        self._netlink = netlink
+        self.events: Any = None
+        self._receiving = False
+        self._posted: set[str] = set()
+        self._messages: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._stopping: str | None = None
 
-    A thread reads the multicast groups and queues the messages an agent finds
-    relevant; the agent's loop takes them in batches (`wait`).
-    """
+    def add(self, *controllers: Controller) -> None:
+        """Controllers run in the order they are added, after those they name."""
+        for c in controllers:
+            names = [x.name for x in self.controllers]
+            if c.name in names:
+                raise ValueError(f"two controllers named {c.name}")
+            unknown = [a for a in c.after if a not in names]
+            if unknown:
+                raise ValueError(f"{c.name} runs after {unknown}, which do not come before it")
+            self.controllers.append(c)
+            self.registry.status[c.name] = ControllerStatus("pending", "", time.time())
+            self.due[c.name] = 0.0
+            self.failures[c.name] = 0
+            self.dirty.add(c.name)
 
-    def __init__(self, relevant: Callable[[Any], bool] = lambda _: True,
-                 groups: int = GROUPS) -> None:
-        """`relevant(message)` says which messages wake the loop: an agent ignores
-        the echoes of its own changes, which would only cost it another pass.
-        `groups` are the rtnetlink multicast groups read (every message is parsed,
-        so fewer groups is less work when SPF rewrites many routes at once)."""
-        self._relevant = relevant
-        self._groups = groups
-        self._events: queue.Queue[Any] = queue.Queue()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="netlink-watch", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
+    def _open(self) -> None:
+        groups = 0
+        for c in self.controllers:
+            groups |= c.groups
+        if not self._receiving and self._netlink is not None and groups:
+            self._receiving = True
+            subscribed = threading.Event()
+            threading.Thread(target=self._receive, args=(groups, subscribed), name="netlink",
+                             daemon=True).start()
+            subscribed.wait(30)
 
-    def _run(self) -> None:
+    def _receive(self, groups: int, subscribed: threading.Event) -> None:
+        """The one netlink subscription, made and read in a thread of its own
+        (pyroute2 reads ahead into a buffer of its own, so select() on its socket
+        misses messages of a burst, and its sockets belong to the thread that made
+        them). Messages are handed to the loop, which alone touches controllers."""
         try:
-            with IPRoute() as ipr:
-                ipr.bind(groups=self._groups)
-                ipr.asyncore.add_membership(RTNLGRP_NEXTHOP)
-                self._ready.set()
-                while True:
-                    for m in ipr.get():
-                        if self._relevant(m):
-                            self._events.put(m)
-        except BaseException as e:  # reported to the main loop, which exits
-            self._ready.set()
-            self._events.put(e)
+            assert self._netlink is not None
+            self.events = self._netlink(groups)
+            subscribed.set()
+            while not self._stopping:
+                for msg in self.events.get():
+                    self._messages.put(msg)
+                self._wake()
+        except Exception as e:  # the socket closed at stop, or netlink failed
+            subscribed.set()
+            if not self._stopping:
+                self._messages.put(e)
+                self._wake()
 
-    def wait(self, timeout: float | None, settle: float = 0.02) -> list[Any]:
-        """The next batch of messages, in order; empty if `timeout` passed first.
+    # --- from other threads and signal handlers
 
-        After a message, those that follow within `settle` seconds are taken
-        with it, so a burst of updates (SPF replacing many routes) is one batch.
-        """
-        try:
-            batch = [self._events.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
-            if isinstance(batch[-1], BaseException):
-                raise RuntimeError(f"netlink watch failed: {batch[-1]!r}") from batch[-1]
+    def post(self, name: str) -> None:
+        """Wake controller `name` (thread-safe): a probe thread has news for it."""
+        with self._lock:
+            self._posted.add(name)
+        self._wake()
+
+    def stop(self, reason: str) -> None:
+        self._stopping = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full of wake-ups already
+            os.write(self._wake_w, b"x")
+
+    def stop_on_signals(self) -> None:
+        def handler(signum: int, _: FrameType | None) -> None:
+            self.stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # --- the loop
+
+    def run_pass(self) -> list[str]:
+        """Run every woken or due controller once, in order; return those that ran."""
+        self._open()  # subscribed before the first reads: no change falls in between
+        now = time.monotonic()
+        with self._lock:
+            self.dirty |= self._posted
+            self._posted.clear()
+        ran = []
+        changed: set[str] = set()
+        for c in self.controllers:
+            woken = c.name in self.dirty or any(a in changed for a in c.after)
+            due = now >= self.due[c.name]
+            failing = self.failures[c.name] > 0
+            # A failing controller waits for its retry time, whatever woke it.
+            if not (due if failing else (woken or due)):
+                continue
+            self.dirty.discard(c.name)
+            ran.append(c.name)
             try:
-                batch.append(self._events.get(timeout=settle))
+                if c.reconcile():
+                    changed.add(c.name)
+            except Exception as e:
+                self._failed(c, e)
+                continue
+            if self.failures[c.name]:
+                log.log(25, "%s: recovered", c.name, extra={"fields": {"controller": c.name}})
+            self.failures[c.name] = 0
+            self.registry.report(c.name)
+            self.due[c.name] = time.monotonic() + (c.next_run() or IDLE * 100)
+        self.passes += 1
+        return ran
+
+    def _failed(self, c: Controller, e: Exception) -> None:
+        n = self.failures[c.name] = self.failures[c.name] + 1
+        retry = min(RETRY_MAX, RETRY_FIRST * 2 ** (n - 1))
+        error = str(e) or type(e).__name__
+        if self.registry.report(c.name, error):  # said once, not every retry
+            log.error("%s: %s (retrying in %.0f s)", c.name, error, retry,
+                      exc_info=not isinstance(e, (OSError, RuntimeError, ValueError)),
+                      extra={"fields": {"controller": c.name, "error": error}})
+        self.due[c.name] = time.monotonic() + retry
+
+    def _read_events(self, timeout: float) -> None:
+        """Wait up to `timeout` for netlink messages or a wake-up, then take the
+        whole burst (messages within SETTLE of each other)."""
+        ready, _, _ = select.select([self._wake_r], [], [], max(0.0, timeout))
+        while ready and not self._stopping:
+            os.read(self._wake_r, 4096)
+            self._dispatch()
+            ready, _, _ = select.select([self._wake_r], [], [], SETTLE)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while True:
+            try:
+                msg = self._messages.get_nowait()
             except queue.Empty:
-                return batch
+                return
+            if isinstance(msg, Exception):
+                raise RuntimeError(f"netlink subscription failed: {msg}") from msg
+            for c in self.controllers:
+                if c.wants(msg):
+                    c.message(msg)
+                    self.dirty.add(c.name)
+
+    def run(self, status: Callable[[], str] = lambda: "") -> str:
+        """Run until stopped; returns the reason. `status()` is the STATUS= line."""
+        ping = watchdog_interval()
+        ready = False
+        try:
+            while not self._stopping:
+                self.run_pass()
+                line = status()
+                if not ready:
+                    notify(READY="1", STATUS=line)
+                    ready = True
+                elif ping is not None:
+                    notify(WATCHDOG="1", STATUS=line)
+                now = time.monotonic()
+                wait = min(self.due.values()) - now
+                if ping is not None:
+                    wait = min(wait, ping)
+                if self.dirty or self._posted:
+                    wait = 0.0
+                self._read_events(min(wait, IDLE))
+        finally:
+            notify(STOPPING="1")
+            for c in reversed(self.controllers):
+                try:
+                    c.close()
+                except Exception as e:
+                    log.error("%s: stopping: %s", c.name, e)
+            # The netlink thread's socket goes with the process (it is a daemon
+            # thread; pyroute2 sockets are closed by the thread that made them).
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        return self._stopping or ""

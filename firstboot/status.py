@@ -1,6 +1,8 @@
 """A node's one status: what it is, its links, and the stage it has reached.
 
-The agent writes it (`write`), `kubermesh status` reads it (`read`, `render`).
+The runtime writes it (`write`) every couple of seconds, with the time it did
+and what each controller last reported; `kubermesh status` reads it (`read`,
+`render`) and says when it is stale (the runtime stopped writing it).
 Stages are ordered: booting → links → adjacencies → routes → overlay → anycast
 → kubelet. Each is reached only when the ones before it hold.
 """
@@ -8,13 +10,18 @@ Stages are ordered: booting → links → adjacencies → routes → overlay →
 from __future__ import annotations
 
 import json
-import os
+import time
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-STATUS_FILE = Path("/run/kubermesh/status.json")
+from firstboot.files import write_atomic
+from firstboot.paths import NodePaths
+
+STATUS_FILE = NodePaths().status
+# The runtime rewrites the status every 2 s; older than this, nobody is writing it.
+STALE_AFTER = 15.0
 
 
 class Stage(IntEnum):
@@ -53,6 +60,14 @@ class AnycastStatus:
     state: str  # "local" (served here), "routed" or "unreachable"
 
 
+@dataclass(frozen=True)
+class ControllerReport:
+    name: str
+    state: str  # pending, ok, error
+    error: str = ""
+    since: float = 0.0  # wall-clock time of its last change
+
+
 # What the kubelet stage reports where the image has no kubelet binary.
 KUBELET_NOT_INSTALLED = "not installed"
 
@@ -78,6 +93,10 @@ class NodeStatus:
     overlay: OverlayStatus = OverlayStatus()
     anycast: tuple[AnycastStatus, ...] = ()
     kubelet: str = KUBELET_NOT_INSTALLED  # or the kubelet unit's state (active, …)
+    updated: float = 0.0  # wall-clock time it was written
+    controllers: tuple[ControllerReport, ...] = ()
+    # Pod-block claims announced by a router other than the owner they embed.
+    forged_claims: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,12 +108,19 @@ class NodeStatus:
         d = dict(d)
         d["stage"] = Stage[d["stage"].upper()]
         d["links"] = tuple(LinkStatus(**x) for x in d["links"])
-        for key in ("known", "routed", "conflicts", "unreachable"):
+        for key in ("known", "routed", "conflicts", "unreachable", "forged_claims"):
             d[key] = tuple(d.get(key, ()))
         d["errors"] = tuple(d["errors"])
         d["overlay"] = OverlayStatus(**d.get("overlay", {}))
         d["anycast"] = tuple(AnycastStatus(**x) for x in d.get("anycast", ()))
+        d["controllers"] = tuple(ControllerReport(**x) for x in d.get("controllers", ()))
         return cls(**d)
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.updated
+
+    def stale(self, now: float | None = None) -> bool:
+        return self.age(now) > STALE_AFTER
 
 
 def stage_of(links: tuple[LinkStatus, ...], known_nodes: int, routes_to: int,
@@ -118,19 +144,21 @@ def stage_of(links: tuple[LinkStatus, ...], known_nodes: int, routes_to: int,
 
 
 def write(status: NodeStatus, path: Path = STATUS_FILE) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(status.to_json(), indent=1))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(status.to_json(), indent=1), 0o644)
 
 
 def read(path: Path = STATUS_FILE) -> NodeStatus:
     return NodeStatus.from_json(json.loads(path.read_text()))
 
 
-def render(s: NodeStatus) -> str:
-    """For people: identity, links and neighbours, routing, stage."""
+def render(s: NodeStatus, now: float | None = None) -> str:
+    """For people: identity, links and neighbours, routing, stage, and how fresh."""
+    age = s.age(now)
+    fresh = (f"STALE: written {age:.0f} s ago; is the runtime running? "
+             "(systemctl status kubermesh-agent)" if s.stale(now)
+             else f"written {max(age, 0):.0f} s ago")
     lines = [
+        f"status    {fresh}",
         f"node      {s.hostname} (id {s.node_id}, from {s.identity})",
         f"loopback  {s.loopback}",
         f"router-id {s.router_id}",
@@ -156,5 +184,6 @@ def render(s: NodeStatus) -> str:
         lines.append(f"anycast   {a.service:<10} {a.address} {a.state}")
     lines.append(f"kubelet   {s.kubelet}")
     lines += [f"CONFLICT  {c}" for c in s.conflicts]
+    lines += [f"forged    pod-block claim {c} (ignored)" for c in s.forged_claims]
     lines += [f"error     {e}" for e in s.errors]
     return "\n".join(lines)

@@ -1,29 +1,37 @@
-"""The two systemd protocols the agent speaks: sd_notify and the journal's native
-protocol (structured fields). Both are a datagram on a unix socket; doing them
-here avoids a compiled dependency. Outside systemd both are no-ops."""
+"""systemd, as the node runtime speaks to it: sd_notify and the journal, both
+through systemd-python (libsystemd), and one logging handler for every record.
+
+A record goes to the journal natively (PRIORITY from its level, SYSLOG_IDENTIFIER,
+and KUBERMESH_* fields from `extra={"fields": {...}}`) and, as one line for
+people, to the console (stdout; under the unit that is /dev/console). Outside
+systemd (the lab, tests) the journal part is skipped and notify does nothing.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-import socket
 import sys
+import time
+from typing import IO, Any
+
+from systemd import daemon, journal
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-PRIORITY = {"error": 3, "warning": 4, "notice": 5, "info": 6}
+IDENTIFIER = "kubermesh-agent"  # the unit's name: journalctl -t kubermesh-agent
+# Python's levels to syslog priorities; NOTICE sits between INFO and WARNING.
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+_PRIORITY = {logging.DEBUG: journal.LOG_DEBUG, logging.INFO: journal.LOG_INFO,
+             NOTICE: journal.LOG_NOTICE, logging.WARNING: journal.LOG_WARNING,
+             logging.ERROR: journal.LOG_ERR, logging.CRITICAL: journal.LOG_CRIT}
 
 
 def notify(**fields: str) -> bool:
-    """sd_notify(3): e.g. notify(READY="1", STATUS="links"). True if sent."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
+    """sd_notify(3): e.g. notify(READY="1", STATUS="links"). True if systemd got it."""
+    if not os.environ.get("NOTIFY_SOCKET"):
         return False
-    if path.startswith("@"):  # abstract namespace
-        path = "\0" + path[1:]
-    message = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(path)
-        s.sendall(message)
-    return True
+    return bool(daemon.notify("\n".join(f"{k}={v}" for k, v in fields.items())))
 
 
 def watchdog_interval() -> float | None:
@@ -35,25 +43,41 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2e6
 
 
-def log(message: str, priority: str = "info", **fields: str) -> None:
-    """One line for people on stdout (journal and console under the unit), and the
-    same with structured fields (KUBERMESH_*) in the journal when it is there."""
-    print(message, flush=True, file=sys.stdout)
-    if not os.path.exists(JOURNAL_SOCKET):
-        return
-    items = {"MESSAGE": message, "PRIORITY": str(PRIORITY[priority]),
-             "SYSLOG_IDENTIFIER": "kubermesh-agent"}
-    items.update({f"KUBERMESH_{k.upper()}": v for k, v in fields.items()})
-    datagram = b"".join(_field(k, v) for k, v in items.items())
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(datagram, JOURNAL_SOCKET)
-    except OSError:
-        pass  # the journal being away must not stop the agent
+class NodeLogHandler(logging.Handler):
+    """Every record to the journal (native fields) and as a line to the console."""
+
+    def __init__(self, console: IO[str] | None = None, journal_socket: str = JOURNAL_SOCKET,
+                 timestamps: bool = False) -> None:
+        super().__init__()
+        self.console = console if console is not None else sys.stdout
+        self.to_journal = os.path.exists(journal_socket)
+        # The journal stamps records itself; a lab node's log file needs its own.
+        self.timestamps = timestamps
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            fields: dict[str, Any] = getattr(record, "fields", None) or {}
+            if self.to_journal:
+                journal.send(message, PRIORITY=str(_PRIORITY.get(record.levelno, 6)),
+                             SYSLOG_IDENTIFIER=IDENTIFIER, CODE_FILE=record.pathname,
+                             CODE_LINE=str(record.lineno), CODE_FUNC=record.funcName,
+                             **{f"KUBERMESH_{k.upper()}": str(v) for k, v in fields.items()})
+            stamp = time.strftime("%H:%M:%S ", time.localtime(record.created)) \
+                if self.timestamps else ""
+            level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+            self.console.write(f"{stamp}{level}{message}\n")
+            self.console.flush()
+        except Exception:
+            self.handleError(record)
 
 
-def _field(key: str, value: str) -> bytes:
-    data = value.encode()
-    if b"\n" in data:  # the protocol's binary-safe form
-        return key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
-    return key.encode() + b"=" + data + b"\n"
+def setup_logging(debug: bool = False, timestamps: bool = False) -> logging.Logger:
+    """The runtime's one logging path: the `kubermesh` logger through NodeLogHandler."""
+    log = logging.getLogger("kubermesh")
+    log.handlers[:] = [NodeLogHandler(timestamps=timestamps)]
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+    return log

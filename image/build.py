@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from firstboot.files import write_atomic
 from image import disk, initrd, kubernetes, manifest, netboot, root, tree, uki
+from image import site as sitefile
+from image.errors import BuildError, say, step
 from image.run import Log
-from kubermesh.ui import Failure, say, step
-from mesh import site as sitefile
 
 T = TypeVar("T")
 
@@ -61,28 +62,23 @@ def _version(src: tree.Sources) -> str:
 
 
 def build(opts: Options) -> Path:
+    # The site first: a bad one is refused before anything is checked or built.
+    site_text, site, generated = sitefile.load(opts.site)
     if os.geteuid() != 0:
-        raise Failure("building the image needs root (mkosi, systemd-nspawn)",
-                      hint="run it with sudo, or ./dev.sh build")
+        raise BuildError("building the image needs root (mkosi, systemd-nspawn)",
+                         hint="run it with sudo, or ./dev.sh build")
     src = tree.Sources.find()
     out = opts.output.resolve()
     cache = opts.cache.resolve() if opts.cache.is_absolute() else (src.root / opts.cache)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = Log(out.parent / f"{out.name}.build.log")
     say(f"building into {out} (log: {log.path})")
-
-    # The site first: a bad one is refused before anything is built.
-    generated = opts.site is None
-    if opts.site is not None:
-        site_text = opts.site.read_text()
-        site = sitefile.parse_site(tomllib.loads(site_text), str(opts.site))
-    else:
-        site_text = sitefile.new_site_toml("demo")
-        site = sitefile.parse_site(tomllib.loads(site_text), "demo site")
     k8s = kubernetes.resolve(opts.kubernetes)
     kubernetes.warn(k8s)
 
     version = _version(src)
+    # The work directory (mkdtemp: 0700) and the output in it are their owner's
+    # only: the artifacts carry the site's secrets (see _publish).
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         result = _build(log, src, work, cache, version, site_text, site.name, generated, k8s)
@@ -99,7 +95,8 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
     times: dict[str, float] = {}
     t = work / "tree"
     dist = work / "output"
-    (dist / "netboot").mkdir(parents=True)
+    dist.mkdir(mode=0o700)
+    (dist / "netboot").mkdir(mode=0o700)
 
     _timed("Building the Debian tree with mkosi",
            lambda: tree.mkosi(log, src, t, cache / "mkosi", version), times)
@@ -168,17 +165,18 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
         }
         manifest.write_manifest(dist / "manifest.json", m)
         if generated:
-            tree_site = dist / "demo-site.toml"
-            fd = os.open(tree_site, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(site_text)
+            write_atomic(dist / "demo-site.toml", site_text, 0o600)
         manifest.write_sha256sums(dist)
     _timed("Writing manifest.json and SHA256SUMS", finish, times)
     return dist
 
 
 def _publish(dist: Path, out: Path) -> None:
-    """Swap the finished build into place; an older output is replaced only now."""
+    """Swap the finished build into place; an older output is replaced only now.
+
+    The output is its owner's only (0700): every artifact holds the site's secrets.
+    """
+    os.chmod(dist, 0o700)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

@@ -14,8 +14,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from image.errors import BuildError, say
 from image.run import Log, nspawn, run
-from kubermesh.ui import Failure, say
 
 MINOR = "v1.31"  # the pinned Kubernetes minor release
 REPO = f"https://pkgs.k8s.io/core:/stable:/{MINOR}/deb/"
@@ -54,20 +54,20 @@ def resolve(spec: str) -> Source:
         if not why:
             return Source("upstream")
         if spec == "upstream":
-            raise Failure(f"the Kubernetes apt repository {REPO} is unreachable ({why})",
-                          hint="use --kubernetes DIR with kubelet/kubeadm .debs or binaries, "
-                               "or --kubernetes none")
+            raise BuildError(f"the Kubernetes apt repository {REPO} is unreachable ({why})",
+                             hint="use --kubernetes DIR with kubelet/kubeadm .debs or binaries, "
+                                  "or --kubernetes none")
         reason = (f"--kubernetes auto: the Kubernetes apt repository {REPO} is unreachable "
                   f"from the build host ({why}); the image has no kubelet or kubeadm")
         return Source("none", reason=reason, warnings=(reason,))
     d = Path(spec)
     if not d.is_dir():
-        raise Failure(f"--kubernetes {spec}: not auto, upstream, none or a directory")
+        raise BuildError(f"--kubernetes {spec}: not auto, upstream, none or a directory")
     debs = sorted(d.glob("*.deb"))
     bins = [b for b in BINARIES if (d / b).is_file()]
     if not debs and not bins:
-        raise Failure(f"--kubernetes {spec}: the directory has no .deb files and none of "
-                      f"{', '.join(BINARIES)}")
+        raise BuildError(f"--kubernetes {spec}: the directory has no .deb files and none of "
+                         f"{', '.join(BINARIES)}")
     return Source("dir", directory=d.resolve())
 
 
@@ -117,7 +117,7 @@ def _install_upstream(log: Log, tree: Path, apt_cache: Path) -> dict[str, str]:
         with urllib.request.urlopen(KEY, timeout=PROBE_TIMEOUT * 3) as r:
             (keyrings / "kubernetes.asc").write_bytes(r.read())
     except (urllib.error.URLError, OSError) as e:
-        raise Failure(f"cannot fetch the Kubernetes repository key {KEY}: {e}") from None
+        raise BuildError(f"cannot fetch the Kubernetes repository key {KEY}: {e}") from None
     (tree / "etc/apt/sources.list.d/kubernetes.list").write_text(
         f"deb [signed-by=/etc/apt/keyrings/kubernetes.asc] {REPO} /\n")
     nspawn(log, tree, ["/bin/sh", "-c",

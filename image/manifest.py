@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from firstboot.files import write_atomic
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -23,7 +25,7 @@ def site_fingerprint(text: str, name: str, generated: bool) -> dict[str, Any]:
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    write_atomic(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n", 0o644)
 
 
 def write_sha256sums(out_dir: Path) -> Path:
@@ -31,5 +33,5 @@ def write_sha256sums(out_dir: Path) -> Path:
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
     lines = [f"{sha256(p)}  {p.relative_to(out_dir)}\n" for p in files]
     sums = out_dir / "SHA256SUMS"
-    sums.write_text("".join(lines))
+    write_atomic(sums, "".join(lines), 0o644)
     return sums

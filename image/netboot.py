@@ -12,10 +12,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from image.errors import BuildError
 from image.root import VerityRoot
 from image.run import Log
 from image.uki import COMMON
-from kubermesh.ui import Failure
 
 # Where the root files sit in the netboot initrd, and the loop devices the
 # initrd attaches them to (units/dracut/kubermesh-netroot.sh).
@@ -45,8 +45,8 @@ def netboot_initrd(log: Log, work: Path, initrd: Path, root: VerityRoot, out: Pa
             proc = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
                                   input=names.encode(), stdout=f, cwd=staging, check=False)
         except FileNotFoundError:
-            raise Failure("cpio is not installed",
-                          hint="./dev.sh setup installs the build host's packages") from None
+            raise BuildError("cpio is not installed",
+                             hint="./dev.sh setup installs the build host's packages") from None
     if proc.returncode != 0:
-        raise Failure(f"cpio exited with status {proc.returncode}")
+        raise BuildError(f"cpio exited with status {proc.returncode}")
     return out

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+from image.errors import BuildError
 from image.run import Log, run
-from kubermesh.ui import Failure
 
 # Not in the root: the kernel and initrd are in the UKI; the API file systems are mounted.
 EXCLUDE = ("boot/*", "vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old")
@@ -47,5 +47,5 @@ def verity(log: Log, data: Path, hashes: Path) -> VerityRoot:
     log.write(out)
     m = re.search(r"^Root hash:\s+([0-9a-f]{64})$", out, re.MULTILINE)
     if not m:
-        raise Failure("veritysetup format printed no root hash", hint=f"see {log.path}")
+        raise BuildError("veritysetup format printed no root hash", hint=f"see {log.path}")
     return VerityRoot(data, hashes, m.group(1))

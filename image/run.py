@@ -7,7 +7,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kubermesh.ui import Failure
+from firstboot.files import write_atomic
+from image.errors import BuildError
 
 
 class Log:
@@ -15,8 +16,8 @@ class Log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        # Its owner's only, like the output beside it.
+        write_atomic(path, "", 0o600)
 
     def write(self, text: str) -> None:
         with self.path.open("a") as f:
@@ -31,7 +32,7 @@ def run(log: Log, cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = N
         hint: str = "") -> str:
     """Run a command; its output goes to the log (or is returned with capture=True).
 
-    A command that fails raises Failure naming the program, its exit status and
+    A command that fails raises BuildError naming the program, its exit status and
     the last lines it printed.
     """
     argv = [os.fspath(c) for c in cmd]
@@ -43,11 +44,11 @@ def run(log: Log, cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = N
                                   stdout=subprocess.PIPE if capture else out,
                                   stderr=out, text=True, check=False)
     except FileNotFoundError:
-        raise Failure(f"{argv[0]} is not installed",
-                      hint="./dev.sh setup installs the build host's packages") from None
+        raise BuildError(f"{argv[0]} is not installed",
+                         hint="./dev.sh setup installs the build host's packages") from None
     if proc.returncode != 0:
-        raise Failure(f"{Path(argv[0]).name} exited with status {proc.returncode}:\n"
-                      f"{log.tail()}", hint=hint or f"the whole output is in {log.path}")
+        raise BuildError(f"{Path(argv[0]).name} exited with status {proc.returncode}:\n"
+                         f"{log.tail()}", hint=hint or f"the whole output is in {log.path}")
     return proc.stdout if capture else ""
 
 

@@ -12,12 +12,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from firstboot.files import write_atomic
+from image.errors import BuildError
 from image.run import Log, nspawn, run
-from kubermesh.ui import Failure
 
 # The venv holding the project's code and its pinned dependencies in the image.
 VENV = "/usr/lib/kubermesh"
 SITE_PATH = "etc/kubermesh/site.toml"
+# Packages of the project's wheel that no node runs, left out of the image: the
+# lab (network namespaces for the tests, benchmarks and `kubermesh lab`).
+NOT_SHIPPED = ("lab",)
+# Dependencies PyPI has no wheel of, built on the build host from their pinned
+# sdist (everything else is a manylinux wheel). The host is Debian 12 like the
+# image, so systemd-python's extension links the same libsystemd as the node's.
+FROM_SOURCE = ("systemd-python",)
 # The image's /var is shipped here and copied into the node's /var at boot
 # (see units/dracut/kubermesh-sysroot.sh): /var itself is a mount point.
 FACTORY_VAR = "usr/share/factory/var"
@@ -41,8 +49,8 @@ class Sources:
     def find(cls) -> Sources:
         root = Path(__file__).resolve().parent.parent
         if not (root / "mkosi.conf").is_file() or not (root / "units").is_dir():
-            raise Failure(f"no mkosi.conf and units/ beside {Path(__file__).parent}",
-                          hint="run kubermesh build from a checkout (./dev.sh build)")
+            raise BuildError(f"no mkosi.conf and units/ beside {Path(__file__).parent}",
+                             hint="run kubermesh build from a checkout (./dev.sh build)")
         return cls(root)
 
 
@@ -59,7 +67,8 @@ def install_python(log: Log, src: Sources, tree: Path, wheels: Path) -> dict[str
 
     The wheels were fetched on the host (same versions as requirements.lock); pip
     runs inside the tree with the host's pip module, so none of pip lands in the image.
-    Returns the installed distributions and versions.
+    Returns the installed distributions and versions. The NOT_SHIPPED packages are
+    removed from the venv afterwards; the kubermesh distribution stays installed.
     """
     import pip  # the build venv's pip
 
@@ -76,10 +85,27 @@ def install_python(log: Log, src: Sources, tree: Path, wheels: Path) -> dict[str
     )
     out = nspawn(log, tree, ["/bin/sh", "-c", script], binds=binds, capture=True)
     installed = {d["name"]: d["version"] for d in json.loads(out.strip().splitlines()[-1])}
+    # The project's wheel holds them (one distribution for the checkout's tools),
+    # but nothing on a node imports them: the image is no test bed.
+    for package in NOT_SHIPPED:
+        for d in (tree / VENV.lstrip("/")).glob(f"lib/python3*/site-packages/{package}"):
+            shutil.rmtree(d)
     link = tree / "usr/bin/kubermesh"
     link.unlink(missing_ok=True)
     link.symlink_to(f"{VENV}/bin/kubermesh")
     return installed
+
+
+def split_lock(text: str) -> tuple[str, list[str]]:
+    """requirements.lock as the requirements fetched as wheels, and the pins
+    (`name==version`) of those built from source (FROM_SOURCE)."""
+    def name(line: str) -> str:
+        return line.split("==")[0].strip().lower().replace("_", "-")
+
+    lines = text.splitlines()
+    source = [ln.strip() for ln in lines if name(ln) in FROM_SOURCE]
+    binary = [ln for ln in lines if name(ln) not in FROM_SOURCE]
+    return "\n".join(binary) + "\n", source
 
 
 def fetch_wheels(log: Log, src: Sources, wheels: Path, cache: Path) -> None:
@@ -90,11 +116,23 @@ def fetch_wheels(log: Log, src: Sources, wheels: Path, cache: Path) -> None:
     if not stamp.is_file() or stamp.read_text() != lock.read_text():
         shutil.rmtree(pinned, ignore_errors=True)
         pinned.mkdir(parents=True)
+        binary, source = split_lock(lock.read_text())
+        (pinned / "binary.lock").write_text(binary)
         run(log, [sys.executable, "-m", "pip", "download", "--quiet",
                   "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
                   "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-                  "--platform", "any", "-r", lock, "-d", pinned],
+                  "--platform", "any", "-r", pinned / "binary.lock", "-d", pinned],
             hint="the pinned Python wheels could not be downloaded")
+        if source:
+            # Built by this venv's Python 3.11 (the image's version) and its pinned
+            # setuptools; needs libsystemd-dev, pkg-config, gcc, python3-dev.
+            names = ",".join(FROM_SOURCE)
+            run(log, [sys.executable, "-m", "pip", "wheel", "--quiet",
+                      "--disable-pip-version-check", "--no-cache-dir", "--no-deps",
+                      "--no-build-isolation", "--no-binary", names, "--wheel-dir", pinned,
+                      *source],
+                hint=f"{', '.join(source)} could not be built from source "
+                     "(./dev.sh setup installs what that needs)")
         stamp.write_text(lock.read_text())
     wheels.mkdir(parents=True)
     for w in pinned.glob("*.whl"):
@@ -155,8 +193,8 @@ def tune_frr(tree: Path) -> None:
              "\nospf6d=no": "\nospf6d=yes", "\nbfdd=no": "\nbfdd=yes"}
     for old, new in edits.items():
         if old not in text:
-            raise Failure(f"{daemons} has no {old.strip()!r} line to set",
-                          hint="FRR's packaging changed: update image/tree.py")
+            raise BuildError(f"{daemons} has no {old.strip()!r} line to set",
+                             hint="FRR's packaging changed: update image/tree.py")
         text = text.replace(old, new, 1)
     daemons.write_text(text)
 
@@ -204,11 +242,7 @@ def bake_site(tree: Path, site_text: str) -> None:
     """The site file, readable by root only: it holds the site's secrets."""
     path = tree / SITE_PATH
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(site_text)
-    os.chmod(path, 0o600)
-    os.chown(path, 0, 0)
+    write_atomic(path, site_text, 0o600, owner="root")
 
 
 def debian_packages(log: Log, tree: Path) -> dict[str, str]:
@@ -226,12 +260,12 @@ def kernel(tree: Path) -> tuple[str, Path]:
     kernels = sorted((tree / "usr/lib/modules").iterdir()) if (
         tree / "usr/lib/modules").is_dir() else []
     if len(kernels) != 1:
-        raise Failure(f"the tree has {len(kernels)} kernels, expected one",
-                      hint="mkosi.conf must install exactly one linux-image package")
+        raise BuildError(f"the tree has {len(kernels)} kernels, expected one",
+                         hint="mkosi.conf must install exactly one linux-image package")
     kver = kernels[0].name
     vmlinuz = tree / f"boot/vmlinuz-{kver}"
     if not vmlinuz.is_file():
-        raise Failure(f"the tree has no /boot/vmlinuz-{kver}")
+        raise BuildError(f"the tree has no /boot/vmlinuz-{kver}")
     return kver, vmlinuz
 
 

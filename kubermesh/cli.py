@@ -13,16 +13,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from firstboot import status as nodestatus
+from firstboot.files import write_atomic
+from image.errors import BuildError
+from image.site import check_private
 from kubermesh.ui import Failure, say, step
 from mesh import site as sitefile
 
 if TYPE_CHECKING:
-    from mesh.lab import Lab, NodeStatus
+    from lab.netns import Lab, NodeStatus
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["agent"]:  # the node agent has its own options
+    lead = argv.index("agent") if "agent" in argv else -1
+    if lead >= 0 and all(a == "--debug" for a in argv[:lead]):  # the runtime's own options
+        argv = argv[lead:] + (["--debug"] if lead else [])
         # Imported here: its netlink library costs every other command seconds
         # to import on a slow node (a minute under emulation).
         from firstboot import agent
@@ -31,21 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except Failure as e:
+    except (Failure, BuildError) as e:
         say(f"kubermesh: {e.message}")
         if e.hint:
             say(f"  hint: {e.hint}")
         return 1
     except sitefile.SiteError as e:
-        say(f"kubermesh: the site file is not valid ({len(e.problems)} problem"
-            f"{'s' if len(e.problems) > 1 else ''}):")
-        for p in e.problems:
-            say(f"  {e.source}: {p}")
+        if len(e.problems) == 1:
+            say(f"kubermesh: {e.source}: {e.problems[0]}")
+        else:
+            say(f"kubermesh: the site file is not valid ({len(e.problems)} problems):")
+            for p in e.problems:
+                say(f"  {e.source}: {p}")
         return 1
     except Exception as e:
-        from mesh.lab import LabError  # the lab is imported only by lab commands
-
-        if not isinstance(e, LabError) or args.debug:
+        # Only lab commands import the lab, and the image has none: no import here.
+        netns = sys.modules.get("lab.netns")
+        if netns is None or not isinstance(e, netns.LabError) or args.debug:
             raise
         say(f"kubermesh: {e}")
         return 1
@@ -76,7 +83,12 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("path", type=Path)
     check.set_defaults(func=site_check)
 
-    sub.add_parser("agent", help="the node agent (see `kubermesh agent --help`)")
+    sub.add_parser("agent", help="the node runtime (see `kubermesh agent --help`)")
+    wait = sub.add_parser("wait", help="until this node reaches a stage (for units' ordering)")
+    wait.add_argument("--stage", required=True, choices=[str(s) for s in nodestatus.Stage])
+    wait.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+    wait.add_argument("--file", type=Path, default=nodestatus.STATUS_FILE)
+    wait.set_defaults(func=node_wait)
     status = sub.add_parser("status", help="this node: identity, links, neighbours, stage")
     status.add_argument("--json", action="store_true")
     status.add_argument("--file", type=Path, default=nodestatus.STATUS_FILE)
@@ -97,8 +109,10 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--site", type=Path, help="site file (default: a fresh one)")
     up.add_argument("--timeout", type=float, help="seconds to wait for convergence")
     up.add_argument("--no-wait", action="store_true", help="do not wait for convergence")
-    up.add_argument("--agent", action="store_true",
-                    help="run the node agent in every node to configure FRR, as in the image")
+    up.add_argument("--frr-only", action="store_true",
+                    help="FRR alone, configured by the lab, without the node runtime")
+    up.add_argument("--services", action="append", default=[], metavar="NAME@NODES",
+                    help="a real anycast service on some nodes, e.g. etcd@n3,n7,n12")
     up.set_defaults(func=lab_up)
     st = cmd("status", "adjacencies and routes of every node")
     st.add_argument("--json", action="store_true")
@@ -131,13 +145,49 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def node_status(args: argparse.Namespace) -> None:
+def _read_status(path: Path) -> nodestatus.NodeStatus:
     try:
-        st = nodestatus.read(args.file)
+        return nodestatus.read(path)
     except FileNotFoundError:
-        raise Failure(f"no node status at {args.file}",
-                      hint="the node agent writes it: systemctl status kubermesh-agent") from None
-    print(json.dumps(st.to_json(), indent=1) if args.json else nodestatus.render(st))
+        raise Failure(f"no node status at {path}",
+                      hint="the node runtime writes it: systemctl status kubermesh-agent"
+                      ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Failure(f"{path} is not a node status ({type(e).__name__}: {e})",
+                      hint="the node runtime rewrites it every 2 s; is it running?") from None
+
+
+def node_status(args: argparse.Namespace) -> None:
+    st = _read_status(args.file)
+    if args.json:
+        d = st.to_json()
+        d["stale"] = st.stale()
+        print(json.dumps(d, indent=1))
+    else:
+        print(nodestatus.render(st))
+
+
+def node_wait(args: argparse.Namespace) -> None:
+    """Poll the status file (cheap: no netlink) until the stage is reached."""
+    import time
+
+    want = nodestatus.Stage[args.stage.upper()]
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        try:
+            st = nodestatus.read(args.file)
+            if not st.stale() and st.stage >= want:
+                say(f"stage {st.stage} reached (waited for {want})")
+                return
+            last = st.stage
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not written yet, or being replaced
+        if time.monotonic() > deadline:
+            raise Failure(f"stage {want} not reached after {args.timeout:.0f} s "
+                          f"(last: {last or 'no status'})",
+                          hint="kubermesh status; journalctl -u kubermesh-agent")
+        time.sleep(0.5)
 
 
 def image_build(args: argparse.Namespace) -> None:
@@ -152,15 +202,12 @@ def site_init(args: argparse.Namespace) -> None:
         raise Failure(f"{path} exists already", hint="use --force to replace it")
     text = sitefile.new_site_toml(args.name, args.pod_range, args.service_range)
     sitefile.parse_site(tomllib.loads(text), str(path))  # refuse bad options
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds secrets
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
+    write_atomic(path, text, 0o600)  # it holds secrets
     say(f"wrote {path} (readable by its owner only: it holds the site's secrets)")
 
 
 def site_check(args: argparse.Namespace) -> None:
+    check_private(args.path)  # as `kubermesh build --site` does
     s = sitefile.load_site(args.path)
     say(f"{args.path}: valid site {s.name!r}: ULA {s.mesh.ula}, pods {s.pods.range} "
         f"({s.pods.blocks} blocks of /{s.pods.block_prefix}), services {s.services.range}, "
@@ -168,7 +215,11 @@ def site_check(args: argparse.Namespace) -> None:
 
 
 def _lab(args: argparse.Namespace) -> Lab:
-    from mesh.lab import Lab
+    try:
+        from lab.netns import Lab
+    except ImportError:
+        raise Failure("the lab is not part of the node image",
+                      hint="run `kubermesh lab` from a checkout (./dev.sh setup)") from None
 
     if os.geteuid() != 0:
         raise Failure("the lab needs root (network namespaces, FRR)", hint="run it with sudo")
@@ -176,14 +227,15 @@ def _lab(args: argparse.Namespace) -> Lab:
 
 
 def lab_up(args: argparse.Namespace) -> None:
-    from mesh.lab import parse_topology
+    lab = _lab(args)
+    from lab.netns import parse_topology
 
     topo = parse_topology(args.topology)
     if args.site:
         sitefile.load_site(args.site)
-    lab = _lab(args)
     with step(f"Creating lab {lab.name!r}: {topo.spec}"):
-        lab.up(topo, args.site, progress=lambda m: say(f"  {m}"), agent=args.agent)
+        lab.up(topo, args.site, progress=lambda m: say(f"  {m}"), agent=not args.frr_only,
+               services=_services(args.services))
     if not args.no_wait:
         timeout = args.timeout or 30 + topo.nodes
         with step("Waiting for every node to route to every other"):
@@ -192,16 +244,32 @@ def lab_up(args: argparse.Namespace) -> None:
     say(f"lab {lab.name!r} is up: `kubermesh lab status`, `kubermesh lab down`")
 
 
+def _services(specs: list[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        name, sep, nodes = spec.partition("@")
+        try:
+            members = [int(n.strip().removeprefix("n")) for n in nodes.split(",")]
+        except ValueError:
+            members = []
+        if not sep or not name or not members:
+            raise Failure(f"--services {spec!r}: expected NAME@NODES, e.g. etcd@n3,n7,n12")
+        out.setdefault(name, []).extend(members)
+    return out
+
+
 def lab_status(args: argparse.Namespace) -> None:
     statuses = _lab(args).status()
     if args.json:
         print(json.dumps([_status_json(s) for s in statuses], indent=1))
         return
-    print(f"{'node':<6}{'loopback':<42}{'router-id':<17}{'full adj':>9}{'routes':>10}  neighbours")
+    print(f"{'node':<6}{'loopback':<42}{'router-id':<17}{'full adj':>9}{'routes':>10}"
+          f"  {'stage':<10}{'pod block':<18} neighbours")
     for s in statuses:
         routes = f"{s.routes_to}/{s.expected}" if s.alive else "dead"
         nbrs = " ".join(f"{a.neighbour}:{a.state}" for a in s.adjacencies)
-        print(f"{s.name:<6}{s.loopback:<42}{s.router_id:<17}{s.full:>9}{routes:>10}  {nbrs}")
+        print(f"{s.name:<6}{s.loopback:<42}{s.router_id:<17}{s.full:>9}{routes:>10}"
+              f"  {s.stage or '-':<10}{s.pod_block or '-':<18} {nbrs}")
 
 
 def _status_json(s: NodeStatus) -> dict[str, object]:
@@ -226,8 +294,8 @@ def lab_ping(args: argparse.Namespace) -> None:
 def lab_down(args: argparse.Namespace) -> None:
     lab = _lab(args)
     with step(f"Removing lab {lab.name!r}"):
-        removed = lab.down()
-    say(f"removed {removed} namespaces")
+        lab.down()
+    say(f"removed {lab.removed} namespaces")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+# One way to show progress, shared with the image build (which needs nothing from here).
+from image.errors import say, step
+
+__all__ = ["Failure", "say", "step"]
 
 
 class Failure(Exception):
@@ -15,20 +15,3 @@ class Failure(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def step(title: str) -> Iterator[None]:
-    """Show a step of long work as it starts and how long it took."""
-    say(f"‣ {title}…")
-    start = time.monotonic()
-    try:
-        yield
-    except BaseException:
-        say(f"  ✗ {title} failed after {time.monotonic() - start:.1f} s")
-        raise
-    say(f"  ✓ {title} ({time.monotonic() - start:.1f} s)")

@@ -1,1 +1,2 @@
-"""Pure mesh library: site file, address plan, config renderers, and the lab."""
+"""Pure mesh library: site file, address plan, pod blocks, topologies, and every
+configuration renderer beside its template. No processes, no I/O beyond reading."""

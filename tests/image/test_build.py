@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from image import build, kubernetes, manifest, netboot, uki
+from image import build, kubernetes, manifest, netboot, tree, uki
+from image.errors import BuildError
 from image.root import VerityRoot
-from kubermesh.ui import Failure
 from mesh import site as sitefile
 
 HASH = "93a6ad286f4abdd02d3012411b922adfb0f70a42731e387dd317699405ff79a1"
@@ -43,9 +43,9 @@ def test_netboot_cmdline_uses_the_same_root_hash() -> None:
 
 def test_kubernetes_none_and_directories(tmp_path: Path) -> None:
     assert kubernetes.resolve("none").kind == "none"
-    with pytest.raises(Failure, match="not auto, upstream, none or a directory"):
+    with pytest.raises(BuildError, match="not auto, upstream, none or a directory"):
         kubernetes.resolve(str(tmp_path / "missing"))
-    with pytest.raises(Failure, match=r"no \.deb files"):
+    with pytest.raises(BuildError, match=r"no \.deb files"):
         kubernetes.resolve(str(tmp_path))
     (tmp_path / "kubelet").write_text("#!/bin/sh\necho Kubernetes v1.31.2\n")
     src = kubernetes.resolve(str(tmp_path))
@@ -67,7 +67,7 @@ def test_auto_without_upstream_warns_and_says_why(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(kubernetes, "_reachable", lambda url: "Name or service not known")
     src = kubernetes.resolve("auto")
     assert src.kind == "none" and "unreachable" in src.reason and src.warnings
-    with pytest.raises(Failure, match="unreachable"):
+    with pytest.raises(BuildError, match="unreachable"):
         kubernetes.resolve("upstream")
 
 
@@ -100,3 +100,54 @@ def test_publish_replaces_the_old_output_only_at_the_end(tmp_path: Path) -> None
     assert (out / "kubermesh.raw").read_text() == "new"
     assert not (out / "old").exists() and not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_published_output_is_its_owners_only(tmp_path: Path) -> None:
+    """The artifacts carry the site's secrets: out/ is 0700 whatever the umask made."""
+    new = tmp_path / ".out.x.partial"
+    new.mkdir(mode=0o755)
+    new.chmod(0o755)
+    build._publish(new, tmp_path / "out")
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700
+
+
+def test_build_log_and_baked_site_are_private(tmp_path: Path) -> None:
+    from image.run import Log
+
+    log = Log(tmp_path / "out.build.log")
+    log.write("$ true")
+    assert log.path.stat().st_mode & 0o777 == 0o600
+    tree.bake_site(tmp_path / "tree", "name = 'x'\n")
+    baked = tmp_path / "tree" / tree.SITE_PATH
+    assert baked.read_text() == "name = 'x'\n" and baked.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in baked.parent.iterdir()] == ["site.toml"]  # no temporary left
+
+
+def test_source_built_pins_are_split_from_the_wheels() -> None:
+    lock = "# pinned\nJinja2==3.1.6\nsystemd_python==235\npyroute2==0.9.7\n"
+    binary, source = tree.split_lock(lock)
+    assert source == ["systemd_python==235"]
+    assert binary == "# pinned\nJinja2==3.1.6\npyroute2==0.9.7\n"
+    root = Path(__file__).resolve().parents[2]
+    _, pinned = tree.split_lock((root / "requirements.lock").read_text())
+    assert pinned == ["systemd-python==235"]
+
+
+def test_the_lab_is_not_installed_in_the_image(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wheel holds the lab; the image's venv does not, and pip still lists kubermesh."""
+    site_packages = tmp_path / tree.VENV.lstrip("/") / "lib/python3.11/site-packages"
+    listed = [{"name": "kubermesh", "version": "0.1.0"}, {"name": "pyroute2", "version": "0.9.7"}]
+
+    def fake_nspawn(log: object, t: Path, cmd: list[str], **kw: object) -> str:
+        for package in ("kubermesh", "mesh", "firstboot", "image", "lab"):
+            (site_packages / package).mkdir(parents=True)
+            (site_packages / package / "__init__.py").write_text("")
+        return "pip's chatter\n" + json.dumps(listed) + "\n"
+
+    monkeypatch.setattr(tree, "nspawn", fake_nspawn)
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    installed = tree.install_python(None, None, tmp_path, tmp_path / "wheels")  # type: ignore[arg-type]
+    assert installed == {"kubermesh": "0.1.0", "pyroute2": "0.9.7"}
+    assert sorted(p.name for p in site_packages.iterdir()) == [
+        "firstboot", "image", "kubermesh", "mesh"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.lab import Lab
+from lab.netns import Lab
 from mesh.site import Site
 from mesh.topology import parse
 
@@ -19,15 +19,18 @@ def unique_name() -> str:
     return "t" + secrets.token_hex(3)
 
 
-def _factory() -> Iterator[LabFactory]:
+def _factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
     made: list[Lab] = []
+    failed_before = request.session.testsfailed
 
     def make(spec: str, site_file: Path | None = None, sites: dict[int, Site] | None = None,
-             wait: bool = True, agent: bool = False, twins: dict[int, int] | None = None) -> Lab:
+             wait: bool = True, agent: bool = False, twins: dict[int, int] | None = None,
+             services: dict[str, list[int]] | None = None) -> Lab:
         lab = Lab(unique_name())
         made.append(lab)
         topo = parse(spec)
-        lab.up(topo, site_file=site_file, sites=sites, agent=agent, twins=twins)
+        lab.up(topo, site_file=site_file, sites=sites, agent=agent, twins=twins,
+               services=services)
         if wait:
             lab.wait_converged(timeout=60 + topo.nodes)
         return lab
@@ -35,15 +38,19 @@ def _factory() -> Iterator[LabFactory]:
     try:
         yield make
     finally:
+        # A failed test's lab leaves its logs behind (KEPT_LOGS), and says where.
+        failed = request.session.testsfailed > failed_before
         for lab in made:
-            lab.down()
+            kept = lab.down(keep_logs=failed)
+            if kept is not None:
+                print(f"\nlab {lab.name}: logs kept in {kept}")
 
 
 @pytest.fixture
-def make_lab() -> Iterator[LabFactory]:
-    yield from _factory()
+def make_lab(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
+    yield from _factory(request)
 
 
 @pytest.fixture(scope="module")
-def make_module_lab() -> Iterator[LabFactory]:
-    yield from _factory()
+def make_module_lab(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
+    yield from _factory(request)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from firstboot.status import NodeStatus, Stage, read
-from mesh.lab import Lab, LabError
+from lab.netns import Lab, LabError
 from mesh.topology import parse
 from tests.lab.conftest import LabFactory
 from tests.lab.test_mesh import wait_for
@@ -158,7 +158,7 @@ def test_a_dead_neighbour_is_unreachable_not_a_conflict(make_lab: LabFactory) ->
 
 def test_agent_lab_without_frr_reload_is_refused(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
-    monkeypatch.setattr("mesh.lab.FRR_RELOAD", tmp_path / "frr-reload.py")
+    monkeypatch.setattr("lab.netns.FRR_RELOAD", tmp_path / "frr-reload.py")
     lab = Lab("noreload", root=tmp_path / "labs")
     with pytest.raises(LabError, match="frr-pythontools"):
         lab.up(parse("line:2"), agent=True)

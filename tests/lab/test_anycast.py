@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -13,17 +14,16 @@ from ipaddress import IPv6Address
 
 import pytest
 
-from mesh.lab import Lab
-from mesh.labstack import (
+from lab.netns import Lab
+from lab.stack import (
     etcd_answering,
     etcd_anycast_url,
     etcd_members,
     pick_client,
     ranked,
     spread,
-    start_anycast,
-    start_etcd_cluster,
 )
+from mesh.topology import parse
 from tests.lab.conftest import LabFactory
 
 pytestmark = pytest.mark.lab
@@ -52,12 +52,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
 
 @pytest.fixture(scope="module")
 def setup(make_module_lab: LabFactory) -> Setup:
-    lab = make_module_lab(SPEC)
+    members = spread(parse(SPEC), 3)
+    lab = make_module_lab(SPEC, agent=True, services={"etcd": members})
     topo = lab.state.topology
-    members = spread(topo, 3)
-    start_etcd_cluster(lab, members)
-    for m in members:
-        start_anycast(lab, m)
     client, x, y = pick_client(topo, members)
     # Every instance healthy: each member answers on the anycast address itself.
     wait_for("etcd to answer on every member", lambda: all(
@@ -134,18 +131,25 @@ def test_dead_node_moves_its_clients_to_the_next_nearest(setup: Setup) -> None:
              lambda: answered_by(s, s.client) == s.nearest, timeout=60)
 
 
-def test_wait_returns_once_the_anycast_address_is_routed(setup: Setup) -> None:
+def test_status_shows_anycast_and_wait_orders_on_stages(setup: Setup) -> None:
     s = setup
+    status_file = s.lab.status_file(s.client)
+    st = json.loads(status_file.read_text())
+    assert {a["service"]: a["state"] for a in st["anycast"]} == {
+        "etcd": "routed", "apiserver": "unreachable"}, st["anycast"]
+    member = json.loads(s.lab.status_file(s.nearest).read_text())
+    assert {a["service"]: a["state"] for a in member["anycast"]}["etcd"] == "local"
 
-    def wait(service: str, timeout: int) -> tuple[float, str]:
+    def wait(stage: str, timeout: int) -> tuple[float, subprocess.CompletedProcess[str]]:
         start = time.monotonic()
-        r = s.lab.exec(s.client, [sys.executable, "-m", "firstboot.anycast", "wait", "--site",
-                                  str(s.lab.dir / "site.toml"), "--service", service,
-                                  "--timeout", str(timeout)], timeout=timeout + 30)
-        return time.monotonic() - start, r.stderr
+        r = subprocess.run([sys.executable, "-m", "kubermesh.cli", "wait", "--stage", stage,
+                            "--file", str(status_file), "--timeout", str(timeout)],
+                           capture_output=True, text=True, timeout=timeout + 30, check=False)
+        return time.monotonic() - start, r
 
-    took, log = wait("etcd", 30)
-    assert "is reachable" in log and took < 10
+    took, r = wait("overlay", 30)
+    assert r.returncode == 0 and "stage overlay reached" in r.stderr and took < 10, r.stderr
     # Nobody serves the apiserver here: it gives up after its timeout, and says so.
-    took, log = wait("apiserver", 2)
-    assert "not reachable after 2 s" in log and took >= 2
+    took, r = wait("anycast", 2)
+    assert r.returncode == 1 and "stage anycast not reached after 2 s" in r.stderr, r.stderr
+    assert took >= 2

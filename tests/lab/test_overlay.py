@@ -1,4 +1,4 @@
-"""IPv4 pods over the IPv6 mesh: real FRR, the real overlay agent in every node,
+"""IPv4 pods over the IPv6 mesh: real FRR, the node runtime in every node,
 pods attached by the real CNI plugins. One 30-node lab for the whole module."""
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from mesh import pods
-from mesh.lab import Lab
-from mesh.labstack import (
+from lab.netns import Lab
+from lab.stack import (
     add_pod,
     claimed_blocks,
     ipv4_on_links,
     kernel_routes,
     pod_exec,
     remembered_block,
-    start_overlay,
 )
+from mesh import pods
 from mesh.pods import BlockClaim
 from tests.lab.conftest import LabFactory
 
@@ -97,9 +96,7 @@ def overlay_problems(lab: Lab) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lab(make_module_lab: LabFactory) -> Lab:
-    the_lab = make_module_lab(SPEC)
-    for n in range(1, the_lab.state.topology.nodes + 1):
-        start_overlay(the_lab, n)
+    the_lab = make_module_lab(SPEC, agent=True)
     wait_for("every node to own a distinct block and route every other one",
              lambda: overlay_problems(the_lab), timeout=90)
     return the_lab
@@ -188,7 +185,7 @@ def test_two_nodes_forced_to_one_block_end_distinct(lab: Lab) -> None:
     after = blocks(lab)
     assert after[x] == contested  # the lower router-id keeps it
     assert after[y] != contested  # y moved on to a block nobody holds
-    assert "yielding block " + str(contested) in _log(lab, y)
+    assert "yielding pod block " + str(contested) in _log(lab, y)
     assert len(set(after.values())) == len(after)
 
 
@@ -236,15 +233,24 @@ def test_dead_node_block_is_unrouted_and_comes_back(lab: Lab) -> None:
 
 
 def restart_overlay(lab: Lab, n: int, meanwhile: Callable[[], object] = lambda: None) -> None:
-    """Stop n's overlay agent, run `meanwhile`, start it, wait until it says it is ready."""
-    lab.stop_agent(n, "overlay")
+    """Stop n's node runtime, run `meanwhile`, start it, wait until its status shows
+    a pod block again."""
+    lab.stop_agent(n, "agent")
     meanwhile()
-    readies = _log(lab, n).count("ready: pod block")
-    lab.start_agent(n, "overlay")
-    wait_for(f"n{n}'s overlay agent to be ready again",
-             lambda: [] if _log(lab, n).count("ready: pod block") > readies else ["not yet"],
-             timeout=30)
+    started = time.time()
+    lab.start_agent(n, "agent")
+
+    def problems() -> list[str]:
+        try:
+            st = json.loads(lab.status_file(n).read_text())
+        except (OSError, ValueError):
+            return ["no status yet"]
+        if st["updated"] < started or not st["overlay"]["block"]:
+            return [f"n{n}: stage {st['stage']}, block {st['overlay']['block'] or 'none'}"]
+        return []
+
+    wait_for(f"n{n}'s runtime to hold a pod block again", problems, timeout=30)
 
 
 def _log(lab: Lab, n: int) -> str:
-    return (lab.node_dir(lab.node(n)) / "overlay.log").read_text()
+    return (lab.node_dir(lab.node(n)) / "agent.log").read_text()

@@ -1,5 +1,8 @@
-"""The lab: a mesh of network namespaces cabled by veth pairs, each running
-real FRR daemons with the configuration rendered by `mesh.frr`.
+"""The lab: a mesh of network namespaces cabled by veth pairs, each running real
+FRR daemons and, by default, the node runtime (`kubermesh agent`), which finds
+its cables and configures FRR, the overlay, anycast and the packet filter as on
+a booted image. `agent=False` runs FRR alone with the configuration rendered by
+`mesh.frr` (routing benchmarks).
 
 Everything a lab makes is named after it and recorded before it is made, so
 `Lab.down` removes it all, also after a crash of the lab itself:
@@ -34,6 +37,8 @@ from mesh.site import Site, load_site, new_site_toml
 from mesh.topology import Topology
 
 LAB_ROOT = Path("/run/kubermesh/lab")
+# Where a failed lab's logs are kept (a lab's own directory goes with it).
+KEPT_LOGS = Path("/var/tmp/kubermesh-lab-logs")
 LAB_NAME = re.compile(r"^[a-z0-9]{1,8}$")
 WORKERS = 8
 
@@ -95,8 +100,10 @@ class LabState:
     nodes: list[LabNode]
     dead: list[int] = field(default_factory=list)
     cut: list[tuple[int, int]] = field(default_factory=list)
-    # True: each node's agent (firstboot.agent) owns its frr.conf, as in the image.
+    # True: each node's runtime (firstboot.agent) owns its frr.conf, as in the image.
     agent: bool = False
+    # Anycast services: name -> the nodes that run one (e.g. etcd on n3, n7, n12).
+    services: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -109,6 +116,7 @@ class LabState:
             edges=[(a, b) for a, b in d["edges"]],
             nodes=[LabNode(**n) for n in d["nodes"]],
             dead=list(d["dead"]), cut=[(a, b) for a, b in d["cut"]], agent=d["agent"],
+            services={k: list(v) for k, v in d.get("services", {}).items()},
         )
 
     @property
@@ -140,6 +148,8 @@ class NodeStatus:
     adjacencies: tuple[Adjacency, ...]
     routes_to: int  # other nodes' loopbacks with a route
     expected: int  # how many it should route to, given dead nodes and cuts
+    stage: str = ""  # the node runtime's stage ("" without one)
+    pod_block: str = ""
 
     @property
     def full(self) -> int:
@@ -205,13 +215,17 @@ class Lab:
 
     def up(self, topo: Topology, site_file: Path | None = None,
            sites: dict[int, Site] | None = None, progress: Progress = _quiet,
-           agent: bool = False, twins: dict[int, int] | None = None) -> None:
-        """Create namespaces, cables and FRR for every node; on failure remove it all.
+           agent: bool = True, twins: dict[int, int] | None = None,
+           services: dict[str, list[int]] | None = None) -> None:
+        """Create namespaces, cables and FRR for every node; on failure remove it
+        all, keeping the logs (the error names where).
 
         `sites` overrides the site for some nodes (e.g. a wrong OSPF key).
         `agent`: FRR starts with no mesh configuration and every node runs the
-        node agent, which finds its cables and configures FRR, as in the image.
+        node runtime, which finds its cables and configures FRR, as in the image;
+        False: FRR alone, configured by the lab.
         `twins` {i: j}: node i gets node j's hardware identity (a cloned PC).
+        `services` {name: [i, …]}: a real anycast service on those nodes (etcd).
         """
         if self.exists():
             raise LabError(f"lab {self.name!r} is already up: run `kubermesh lab down` first")
@@ -231,12 +245,31 @@ class Lab:
             site = load_site(site_path)
             self._state = self._plan(topo, site, twins or {})
             self._state.agent = agent
+            self._state.services = self._check_services(services or {}, site, agent)
             self._save()  # recorded before anything is made, so down() finds it all
             progress(f"{topo.nodes} nodes, {len(topo.edges)} cables")
             self._create(site, sites or {}, progress)
-        except BaseException:
-            self.down()
+        except BaseException as e:
+            kept = self.down(keep_logs=True)
+            if kept is not None and isinstance(e, (LabError, OSError,
+                                                   subprocess.SubprocessError)):
+                raise LabError(f"{e} (the lab's logs are kept in {kept})") from e
             raise
+
+    def _check_services(self, services: dict[str, list[int]], site: Site,
+                        agent: bool) -> dict[str, list[int]]:
+        for name, members in services.items():
+            if name != "etcd":
+                raise LabError(f"service {name!r}: the lab runs etcd only")
+            if name not in site.anycast:
+                raise LabError(f"service {name!r}: the site has no anycast address for it")
+            if not agent:
+                raise LabError("anycast services need the node runtime (not --frr-only)")
+            bad = [m for m in members if not 1 <= m <= len(self.state.nodes)]
+            if bad or not members:
+                raise LabError(f"service {name}: nodes {bad or members} are not in the lab "
+                               f"(n1..n{len(self.state.nodes)})")
+        return services
 
     def _plan(self, topo: Topology, site: Site, twins: dict[int, int]) -> LabState:
         nodes = []
@@ -269,7 +302,12 @@ class Lab:
         if st.agent:
             for n in st.nodes:
                 self.spawn(n.index, self.agent_argv(n), "agent")
-            progress("node agents started")
+            progress("node runtimes started")
+        if st.services.get("etcd"):
+            from lab.stack import start_etcd_cluster  # the stack above FRR
+
+            start_etcd_cluster(self, st.services["etcd"])
+            progress(f"etcd on {', '.join(f'n{m}' for m in st.services['etcd'])}")
 
     def _veth(self, a: int, b: int) -> str:
         """`ip -batch` line for the cable a-b: `m<b>` in a, `m<a>` in b."""
@@ -278,12 +316,21 @@ class Lab:
                 f"peer name m{a} netns {nb.namespace}\n")
 
     def agent_argv(self, n: LabNode) -> list[str]:
+        """The node runtime as the image runs it, with the node's files under its
+        directory, its made-up hardware identity, and veth cables as mesh links."""
         d = self.node_dir(n)
-        return [sys.executable, "-m", "firstboot.agent", "--site", str(self.dir / "site.toml"),
-                "--frr-dir", str(d / "etc"), "--status-file", str(d / "status.json"),
-                "--identity", n.hardware, "--virtual-links",
-                "--vty-socket", str(d / "run"), "--frr-run-dir", str(d / "run"),
-                "--no-hostname", "--log", f"file {d}/frr.log informational"]
+        argv = [sys.executable, "-m", "firstboot.agent", "--site", str(self.dir / "site.toml"),
+                "--state-dir", str(d), "--frr-run-dir", str(d / "run"),
+                "--identity", n.hardware, "--virtual-links", "--no-hostname",
+                "--frr-log", f"file {d}/frr.log informational"]
+        for name, members in self.state.services.items():
+            if n.index in members:
+                argv += ["--anycast", f"{name}=http://[{n.loopback}]:2379/health"]
+        return argv
+
+    def status_file(self, ref: str | int) -> Path:
+        """The node runtime's status (kubermesh status --file …)."""
+        return self.node_dir(self.node(ref)) / "status.json"
 
     def _parallel(self, fn: Callable[[LabNode], object], nodes: Iterable[LabNode]) -> None:
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
@@ -492,7 +539,14 @@ class Lab:
     def status(self) -> list[NodeStatus]:
         def one(n: LabNode) -> NodeStatus:
             alive = n.index not in self.state.dead
-            return NodeStatus(
+            stage = block = ""
+            if self.state.agent and alive:
+                try:
+                    st = json.loads(self.status_file(n.index).read_text())
+                    stage, block = st["stage"], st["overlay"]["block"]
+                except (OSError, ValueError, KeyError):
+                    stage = "no status"
+            return NodeStatus(stage=stage, pod_block=block,
                 name=n.name, node_id=n.node_id, loopback=n.loopback, router_id=n.router_id,
                 alive=alive,
                 adjacencies=self.neighbours(n.index) if alive else (),
@@ -586,19 +640,38 @@ class Lab:
         except (OSError, ValueError):
             return None
 
-    def down(self) -> int:
-        """Remove every namespace, process and file of this lab; return namespaces removed.
+    def down(self, keep_logs: bool | Path = False) -> Path | None:
+        """Remove every namespace, process and file of this lab.
 
         Works from what exists, not only from the state file, so a lab whose
         `up` or whose state crashed half-way is still removed entirely.
+        `keep_logs`: first copy the logs, statuses and FRR configurations (not
+        the site file: it holds secrets) to that directory, or to one under
+        KEPT_LOGS; returns where they are.
         """
         names = set(self._namespaces())
+        self.removed = len(names)
+        kept = None
+        if keep_logs and self.dir.exists():
+            kept = (keep_logs if isinstance(keep_logs, Path)
+                    else KEPT_LOGS / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            self._keep(kept)
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
             list(pool.map(self._remove_namespace, sorted(names)))
         shutil.rmtree(self.dir, ignore_errors=True)
         self._state = None
         self._site = None
-        return len(names)
+        return kept
+
+    removed = 0
+
+    def _keep(self, dest: Path) -> None:
+        for f in sorted(self.dir.rglob("*")):
+            if f.is_file() and (f.suffix in (".log", ".json", ".conflist") or f.name == "frr.conf"):
+                target = dest / f.relative_to(self.dir)
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shutil.copyfile(f, target)
+                target.chmod(0o600)  # frr.conf holds the OSPF key
 
     def _remove_namespace(self, namespace: str) -> None:
         # Only processes inside this lab's own namespace: the lab started them.

@@ -1,21 +1,20 @@
-"""The node stack in the lab, above FRR: the overlay and anycast agents, a real
-etcd cluster behind its anycast address, and pods attached by the real CNI
-plugins. Used by the lab tests and the benchmarks; everything runs inside the
-lab's namespaces and goes with `Lab.down`.
+"""The node stack in the lab, above FRR and the node runtime: a real etcd cluster
+behind its anycast address, and pods attached by the real CNI plugins. Used by
+the lab tests and the benchmarks; everything runs inside the lab's namespaces and
+goes with `Lab.down`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any
 
-from mesh import pods
-from mesh.lab import Lab, LabError, LabNode, run
+from lab.netns import Lab, LabError, LabNode, run
+from mesh import cni, pods
 from mesh.topology import Topology
 
 CNI_BIN = Path("/usr/lib/cni")
@@ -28,18 +27,6 @@ def _url(addr: IPv6Address | str, port: int, path: str = "") -> str:
 
 
 # --- overlay
-
-
-def start_overlay(lab: Lab, ref: str | int, settle: float = 10.0, debug: bool = False) -> int:
-    n = lab.node(ref)
-    d = lab.node_dir(n)
-    return lab.spawn(n.index, [
-        sys.executable, "-m", "firstboot.overlay", "--site", str(lab.dir / "site.toml"),
-        "--node-id", n.node_id, "--router-id", n.router_id,
-        "--state", str(d / "overlay.json"), "--cni-dir", str(d / "cni"),
-        "--cni-data-dir", str(d / "cni-data"), "--settle", str(settle),
-        *(["--debug"] if debug else []),
-    ], "overlay")
 
 
 def remembered_block(lab: Lab, ref: str | int) -> IPv4Network | None:
@@ -107,7 +94,7 @@ def add_pod(lab: Lab, ref: str | int, name: str) -> IPv4Interface:
     """A pod: its own network namespace, attached by the bridge + host-local plugins
     with the CNI configuration the node's overlay agent wrote. Returns its address."""
     n = lab.node(ref)
-    conflist = json.loads((lab.node_dir(n) / "cni" / "10-kubermesh.conflist").read_text())
+    conflist = json.loads((lab.node_dir(n) / "cni" / "net.d" / cni.CNI_FILE).read_text())
     pod_ns = f"{lab.prefix}{n.name}-{name}"  # under the lab's prefix: down() removes it
     run(["ip", "netns", "add", pod_ns])
     result = _cni(n, "ADD", pod_ns, conflist)
@@ -161,17 +148,6 @@ def start_etcd_cluster(lab: Lab, members: list[int]) -> None:
             "--initial-cluster-token", f"lab-{lab.name}",
             "--heartbeat-interval", "100", "--election-timeout", "1000",
         ], "etcd")
-
-
-def start_anycast(lab: Lab, ref: str | int, interval: float = 0.2, rise: int = 3,
-                  fall: int = 3) -> int:
-    n = lab.node(ref)
-    return lab.spawn(n.index, [
-        sys.executable, "-m", "firstboot.anycast", "serve",
-        "--site", str(lab.dir / "site.toml"),
-        "--service", f"etcd={_url(n.loopback, ETCD_CLIENT_PORT, '/health')}",
-        "--interval", str(interval), "--rise", str(rise), "--fall", str(fall),
-    ], "anycast")
 
 
 def etcd_members(lab: Lab, ref: str | int) -> dict[int, str]:

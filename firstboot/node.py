@@ -1,0 +1,208 @@
+"""The node itself: its configuration (validated once, at start), its identity on
+the host, its mesh links, and FRR's configuration for them.
+
+    identity  hostname, loopback /128 on lo, forwarding on
+    links     every physical NIC not marked not-mesh is a mesh link; not-mesh NICs
+              get a DHCP file for networkd (mesh links need none: the image's
+              default .network is the mesh policy, from the first instant of boot)
+    frr       frr.conf for the links, applied with frr-reload.py: a new cable joins
+              OSPFv3 without touching the other adjacencies
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from firstboot import hardware
+from firstboot.files import write_atomic
+from firstboot.paths import NodePaths
+from firstboot.runtime import Controller
+from mesh import networkd
+from mesh.frr import FRR_DAEMONS, FRR_RELOAD, link_cost, render_frr_conf
+from mesh.plan import HardwareIdentity, NodeIdentity
+from mesh.site import Site
+
+log = logging.getLogger("kubermesh.node")
+
+
+class ConfigError(Exception):
+    """The node cannot run with what it was given (site, credentials, hardware)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything the runtime was started with, checked once."""
+
+    site: Site
+    hw: HardwareIdentity
+    node: NodeIdentity
+    paths: NodePaths
+    not_mesh: tuple[str, ...] = ()  # the site's, the options' and the credential's
+    virtual_links: bool = False  # lab: veth cables count as mesh links
+    set_hostname: bool = True
+    frr_log: str = "syslog informational"  # FRR's log target
+
+
+def credential(paths: NodePaths, name: str) -> str:
+    """A credential, the unit's own or the system's (SMBIOS type 11 under QEMU,
+    imported by systemd); "" when there is none."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    for d in ([Path(directory)] if directory else []) + list(paths.credentials):
+        try:
+            return (d / name).read_text()
+        except OSError:
+            continue
+    return ""
+
+
+def sysctl(key: str, value: str) -> None:
+    path = Path("/proc/sys") / key
+    if path.read_text().strip() != value:
+        path.write_text(value)
+
+
+class Identity(Controller):
+    name = "identity"
+    period = 30.0
+
+    def __init__(self, cfg: NodeConfig, ipr: Any) -> None:
+        self.cfg, self.ipr = cfg, ipr
+
+    def reconcile(self) -> bool:
+        node = self.cfg.node
+        if self.cfg.set_hostname and socket.gethostname() != node.hostname:
+            socket.sethostname(node.hostname)
+        # Forwarding for the mesh; what may be forwarded is the packet filter's.
+        for key in ("net/ipv6/conf/all/forwarding", "net/ipv6/conf/default/forwarding",
+                    "net/ipv4/ip_forward"):
+            sysctl(key, "1")
+        lo = self.ipr.link_lookup(ifname="lo")[0]
+        have = {a.get_attr("IFA_ADDRESS") for a in self.ipr.get_addr(index=lo,
+                                                                      family=socket.AF_INET6)}
+        if str(node.loopback) not in have:
+            self.ipr.addr("add", index=lo, address=str(node.loopback), prefixlen=128)
+            log.info("loopback %s on lo", node.loopback)
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    carrier: bool
+    speed: int | None  # Mb/s, None when the NIC does not say
+
+
+class Links(Controller):
+    """Which NICs are mesh links, with carrier and speed (sysfs); link events wake it."""
+
+    name = "links"
+    period = 5.0
+    groups = RTMGRP_LINK
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.links: tuple[Link, ...] = ()
+        self.not_mesh: tuple[str, ...] = ()
+        self.applied_networkd: dict[str, str] | None = None
+
+    def wants(self, msg: Any) -> bool:
+        return msg.get("event") in ("RTM_NEWLINK", "RTM_DELLINK")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(link.name for link in self.links)
+
+    def reconcile(self) -> bool:
+        sysfs = self.cfg.paths.sysfs
+        nics = hardware.nics(sysfs)
+        mesh = hardware.mesh_links(nics, self.cfg.not_mesh,
+                                   physical_only=not self.cfg.virtual_links)
+        links = tuple(Link(n, hardware.carrier(sysfs, n), hardware.speed(sysfs, n))
+                      for n in mesh)
+        self.not_mesh = tuple(n.name for n in nics if n.physical and n.name not in mesh)
+        self._networkd()
+        changed = links != self.links
+        if {link.name for link in links} != set(self.names):
+            old, new = set(self.names), {link.name for link in links}
+            log.info("mesh links: %s (+%d -%d)", ", ".join(sorted(new)) or "none",
+                     len(new - old), len(old - new), extra={"fields": {"links": ",".join(
+                         sorted(new))}})
+        self.links = links
+        return changed
+
+    def _networkd(self) -> None:
+        d = self.cfg.paths.networkd_dir
+        if d is None:
+            return
+        files = networkd.render_networkd(self.not_mesh)
+        if files == self.applied_networkd:
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in d.glob(f"{networkd.PREFIX}*.network"):
+            if stale.name not in files:
+                stale.unlink()
+        for name, text in files.items():
+            write_atomic(d / name, text, 0o644, only_if_changed=True)
+        r = subprocess.run(["networkctl", "reload"], capture_output=True, text=True,
+                           timeout=30, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"networkctl reload: {r.stderr.strip()}")
+        self.applied_networkd = files
+
+
+class Frr(Controller):
+    """frr.conf for the mesh links (cost from each NIC's speed), applied when it changes."""
+
+    name = "frr"
+    after = ("links",)
+
+    def __init__(self, cfg: NodeConfig, links: Links, daemons_up: Any) -> None:
+        """`daemons_up()` -> how many of FRR's daemons answer (0 to all)."""
+        self.cfg, self.links, self.daemons_up = cfg, links, daemons_up
+        self.speeds: dict[str, int] = {}
+        self.applied: str | None = None
+
+    def desired(self) -> str:
+        for link in self.links.links:
+            # A NIC without carrier reports no speed: keep its last known one, so a
+            # pulled cable does not change the link's cost (and reload FRR) twice.
+            if link.speed is not None and link.speed > 0:
+                self.speeds[link.name] = link.speed
+        names = self.links.names
+        costs = {n: link_cost(self.speeds.get(n)) for n in names}
+        return render_frr_conf(self.cfg.site, self.cfg.node, names,
+                               log=f"log {self.cfg.frr_log}", costs=costs)
+
+    def reconcile(self) -> bool:
+        conf = self.desired()
+        if conf == self.applied:
+            return False
+        path = self.cfg.paths.frr_conf
+        write_atomic(path, conf, 0o640, owner="frr", only_if_changed=True)  # the OSPF key
+        up = self.daemons_up()
+        if 0 < up < len(FRR_DAEMONS):
+            return False  # FRR is starting: reload once every daemon answers (next_run)
+        if up:
+            cmd = [str(FRR_RELOAD), "--reload", "--confdir", str(path.parent), str(path),
+                   "--vty_socket", str(self.cfg.paths.frr_run),
+                   "--rundir", str(self.cfg.paths.frr_run)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+            if r.returncode != 0:
+                # frr-reload echoes configuration lines: never the key into a log.
+                said = (r.stderr or r.stdout).replace(self.cfg.site.secrets.ospf_key, "<key>")
+                raise RuntimeError(f"frr-reload failed: {said.strip()[-300:]}")
+        # else frr.service starts later and reads the file itself
+        self.applied = conf
+        return True
+
+    def next_run(self) -> float | None:
+        return None if self.applied is not None else 1.0

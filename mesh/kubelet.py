@@ -1,0 +1,110 @@
+"""The kubelet's wiring: containerd's and the kubelet's configuration for a node.
+
+From the site and the node's pod block:
+    <run-dir>/containerd/config.toml       containerd's CRI, CNI from the node runtime
+    <run-dir>/kubelet/config.yaml          KubeletConfiguration
+    <run-dir>/kubelet/bootstrap-kubeconfig the site's bootstrap token
+    <run-dir>/kubelet/kubelet.env          KUBELET_ARGS: node IP, the files above
+    <kubelet-dir>/kubeconfig               the client certificate the bootstrap yields
+Both kubeconfigs name the apiserver by its anycast address; the node IP is the
+node's IPv4 /32 (the first address of its pod block), which every node routes.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from mesh import pods, render
+from mesh.site import Site
+
+APISERVER_PORT = 6443
+PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+
+_env = render.environment("mesh")
+
+
+@dataclass(frozen=True)
+class KubeletPaths:
+    """Where the files go and what they name, on a node by default."""
+
+    run_dir: Path = Path("/run/kubermesh")
+    kubelet_dir: Path = Path("/var/lib/kubelet")
+    ca_file: Path = Path("/etc/kubernetes/pki/ca.crt")
+    cni_bin_dir: Path = Path("/usr/lib/cni")
+    static_pod_path: Path = Path("/etc/kubernetes/manifests")
+    containerd_socket: Path = Path("/run/containerd/containerd.sock")
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        """Where the node's CNI network (mesh/cni.py) is written."""
+        return self.run_dir / "cni" / "net.d"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.kubelet_dir / "kubeconfig"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.kubelet_dir / "pki" / "kubelet-client-current.pem"
+
+
+def apiserver_url(site: Site) -> str:
+    return f"https://[{site.anycast['apiserver']}]:{APISERVER_PORT}"
+
+
+def cluster_dns(site: Site) -> IPv4Address:
+    """The cluster DNS service address: the tenth of the service range, as kubeadm."""
+    return site.services.range.network_address + 10
+
+
+def render_containerd(paths: KubeletPaths, pause_image: str = PAUSE_IMAGE) -> str:
+    return _env.get_template("containerd-config.toml.j2").render(
+        pause_image=pause_image, cni_bin_dir=str(paths.cni_bin_dir),
+        cni_conf_dir=str(paths.cni_conf_dir))
+
+
+def render_kubelet_config(site: Site, hostname: str, pod_block: IPv4Network,
+                          paths: KubeletPaths) -> str:
+    return _env.get_template("kubelet-config.yaml.j2").render(
+        hostname=hostname, ca_file=str(paths.ca_file),
+        runtime_endpoint=f"unix://{paths.containerd_socket}", cluster_domain="cluster.local",
+        cluster_dns=cluster_dns(site), pod_block=pod_block,
+        static_pod_path=str(paths.static_pod_path))
+
+
+def render_kubeconfig(site: Site, hostname: str, paths: KubeletPaths, bootstrap: bool) -> str:
+    return _env.get_template("kubeconfig.j2").render(
+        hostname=hostname, cluster=site.name, server=apiserver_url(site),
+        ca_file=str(paths.ca_file), client_cert=str(paths.client_cert),
+        token=site.secrets.bootstrap_token if bootstrap else "")
+
+
+def kubelet_args(node_ip: IPv4Address, hostname: str, paths: KubeletPaths) -> list[str]:
+    k = paths.run_dir / "kubelet"
+    return [f"--config={k / 'config.yaml'}", f"--kubeconfig={paths.kubeconfig}",
+            f"--bootstrap-kubeconfig={k / 'bootstrap-kubeconfig'}",
+            f"--node-ip={node_ip}", f"--hostname-override={hostname}"]
+
+
+def render_env(node_ip: IPv4Address, hostname: str, paths: KubeletPaths) -> str:
+    # Quoted twice: each argument for the unit's word splitting of ${KUBELET_ARGS},
+    # the whole line for EnvironmentFile=.
+    args = " ".join(shlex.quote(a) for a in kubelet_args(node_ip, hostname, paths))
+    return _env.get_template("kubelet.env.j2").render(args=shlex.quote(args))
+
+
+def render_all(site: Site, hostname: str, pod_block: IPv4Network,
+               paths: KubeletPaths) -> dict[Path, tuple[str, int]]:
+    """Every file: path -> (content, mode). The bootstrap token is for root only."""
+    node_ip = pods.node_address(pod_block)
+    k = paths.run_dir / "kubelet"
+    return {
+        paths.run_dir / "containerd" / "config.toml": (render_containerd(paths), 0o644),
+        k / "config.yaml": (render_kubelet_config(site, hostname, pod_block, paths), 0o644),
+        k / "bootstrap-kubeconfig": (render_kubeconfig(site, hostname, paths, True), 0o600),
+        k / "kubelet.env": (render_env(node_ip, hostname, paths), 0o644),
+        paths.kubeconfig: (render_kubeconfig(site, hostname, paths, False), 0o600),
+    }
