@@ -30,8 +30,6 @@ from lab.stack import (
     etcd_members,
     pick_client,
     spread,
-    start_anycast,
-    start_etcd_cluster,
 )
 from mesh.topology import parse
 
@@ -84,12 +82,9 @@ def main() -> None:
     gaps: dict[str, list[float]] = {"service": [], "node": []}
     with lab() as the_lab:
         topo = parse(args.topology)
-        the_lab.up(topo)
-        the_lab.wait_converged(120)
         members = spread(topo, 3)
-        start_etcd_cluster(the_lab, members)
-        for m in members:
-            start_anycast(the_lab, m)
+        the_lab.up(topo, services={"etcd": members})  # etcd behind anycast, by the runtime
+        the_lab.wait_converged(120)
         client, nearest, next_nearest = pick_client(topo, members)
         deadline = time.monotonic() + 60
         while any(etcd_answering(the_lab, m) is None for m in members):

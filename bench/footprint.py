@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--topology", default="random:25:4")
     args = p.parse_args()
     with lab() as the_lab:
-        the_lab.up(parse(args.topology), site_file())
+        the_lab.up(parse(args.topology), site_file(), agent=False)  # FRR's own memory
         the_lab.wait_converged(300)
         per_daemon: dict[str, list[tuple[int, int]]] = {d: [] for d in FRR_DAEMONS}
         for node in the_lab.state.nodes:

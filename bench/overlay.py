@@ -27,7 +27,7 @@ import time
 
 from bench.common import lab, save
 from lab.netns import Lab
-from lab.stack import add_pod, kernel_routes, remembered_block, start_overlay
+from lab.stack import add_pod, kernel_routes, remembered_block
 from mesh import pods
 from mesh.topology import parse
 
@@ -66,10 +66,8 @@ def main() -> None:
                    help="run each round's IPv4 and IPv6 streams at the same time")
     args = p.parse_args()
     with lab() as the_lab:
-        the_lab.up(parse("line:4"))
+        the_lab.up(parse("line:4"))  # the node runtime in every node: the overlay with it
         the_lab.wait_converged(60)
-        for n in range(1, 5):
-            start_overlay(the_lab, n)
         deadline = time.monotonic() + 60
         while not all(remembered_block(the_lab, n) for n in range(1, 5)) or \
                 len(kernel_routes(the_lab, 1, "4", proto="77")) < 3:

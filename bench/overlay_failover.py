@@ -22,7 +22,7 @@ import time
 from bench.common import lab, save, summary
 from bench.failover import INTERVAL, KILL_AT, STREAM, outage, pick_trial
 from lab.netns import Lab
-from lab.stack import kernel_routes, node_address, start_overlay
+from lab.stack import kernel_routes, node_address
 from mesh.topology import parse
 
 
@@ -66,10 +66,8 @@ def main() -> None:
     v6: list[float] = []
     v4: list[float] = []
     with lab() as the_lab:
-        the_lab.up(parse(args.topology))  # a fresh site, kept in the lab directory
+        the_lab.up(parse(args.topology))  # a fresh site; the node runtime in every node
         the_lab.wait_converged(120)
-        for n in the_lab.state.nodes:
-            start_overlay(the_lab, n.index)
         for i in range(args.trials):
             deadline = time.monotonic() + 60
             while not overlay_ready(the_lab):

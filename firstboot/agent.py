@@ -180,14 +180,15 @@ def build(cfg: NodeConfig, services: list[Service]) -> tuple[Runtime, Status]:
     vty = Vty(cfg.paths.frr_run)
     rt = Runtime(events)
     links = Links(cfg)
-    ospf = Ospf(cfg, vty)
+    ospf = Ospf(cfg, vty, links)
     routes = Routes(cfg, ipr)
     overlay = Overlay(cfg, ipr, routes, ospf, rt.post)
     conflicts = Conflicts(cfg, ospf)
     anycast = Anycast(services, ipr, rt.post)
     kubelet = Kubelet(cfg, overlay)
-    rt.add(Identity(cfg, ipr), links, Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS)), ospf,
-           conflicts, Filter(links, ospf), routes, overlay, anycast, kubelet)
+    frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
+    rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, Filter(links, ospf), routes,
+           overlay, anycast, kubelet)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
                 overlay=overlay, anycast=anycast, kubelet=kubelet)
     rt.add(st)

@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Interface
 from typing import Any
 
-from firstboot.node import NodeConfig
+from pyroute2.netlink.rtnl import RTMGRP_IPV6_ROUTE
+
+from firstboot.node import Links, NodeConfig
 from firstboot.runtime import Controller
 from firstboot.vty import Vty, VtyError
 
 log = logging.getLogger("kubermesh.ospf")
 
 PERIOD = 2.0
+RTPROT_OSPF = 188  # the protocol number zebra gives OSPF's kernel routes
 # The own Router-LSA is re-originated at most every few seconds in a sane mesh;
 # a node fighting another with the same router-id re-originates it constantly.
 LSA_WAR_WINDOW = 30.0
@@ -108,11 +111,19 @@ class Ospf(Controller):
     name = "ospf"
     period = PERIOD
     after = ("frr",)
+    groups = RTMGRP_IPV6_ROUTE
 
-    def __init__(self, cfg: NodeConfig, vty: Vty) -> None:
+    def __init__(self, cfg: NodeConfig, vty: Vty, links: Links) -> None:
         self.me = str(cfg.node.router_id)
-        self.vty = vty
+        self.vty, self.links = vty, links
         self.view = OspfView()
+
+    def wants(self, msg: Any) -> bool:
+        """OSPF routes appear the moment an adjacency goes Full: read ospf6d then,
+        not up to PERIOD later, so the packet filter lets the new member's packets
+        through with its routes. Only while some mesh link is not Full yet."""
+        return (msg.get("event") == "RTM_NEWROUTE" and msg.get("proto") == RTPROT_OSPF
+                and not set(self.links.names) <= self.view.full_links)
 
     def _ask(self, command: str) -> str:
         return self.vty.command("ospf6d", command)

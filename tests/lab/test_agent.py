@@ -50,8 +50,8 @@ def adjacency_uptime(lab: Lab, n: int, peer: int) -> float:
 def test_agents_configure_the_mesh(make_lab: LabFactory) -> None:
     lab = make_lab("ring:5", agent=True)
     # The lab sees the mesh converged; each agent notices within its next round.
-    wait_for("every agent to report stage routes", lambda: all(
-        node_status(lab, n).stage == Stage.ROUTES and
+    wait_for("every runtime to report stage overlay", lambda: all(
+        node_status(lab, n).stage == Stage.OVERLAY and
         all(link.state == "Full" for link in node_status(lab, n).links) for n in range(1, 6)))
     for n in range(1, 6):
         st = node_status(lab, n)
@@ -105,11 +105,11 @@ def test_agent_restart_recovers_without_disturbing_routing(make_lab: LabFactory)
     assert new != old
     log = lab.node_dir(lab.node(2)) / "agent.log"
     # It takes up the stage the first one reported, rather than starting again.
-    wait_for("the restarted agent to resume", lambda: "resuming at stage routes" in log.read_text())
+    wait_for("the restarted agent to resume", lambda: "resuming at stage overlay" in log.read_text())
     status_file = lab.node_dir(lab.node(2)) / "status.json"
     restarted = time.time()
-    wait_for("the restarted agent to report stage routes", lambda: status_file.stat().st_mtime
-             > restarted and json.loads(status_file.read_text())["stage"] == "routes")
+    wait_for("the restarted agent to report stage overlay", lambda: status_file.stat().st_mtime
+             > restarted and json.loads(status_file.read_text())["stage"] == "overlay")
     assert adjacency_uptime(lab, 2, 1) >= before  # FRR was not restarted or reconfigured
     assert log.read_text().count("stage booting ->") == 1, log.read_text()
     assert lab.ping(1, 3)
@@ -141,7 +141,7 @@ def test_a_dead_neighbour_is_unreachable_not_a_conflict(make_lab: LabFactory) ->
 
     def settled() -> bool:
         st = node_status(lab, 2)
-        return st.unreachable == (dead,) and st.stage == Stage.ROUTES
+        return st.unreachable == (dead,) and st.stage >= Stage.ROUTES
 
     wait_for("n2 to report n3 unreachable and route to n1", settled, timeout=30)
     lsdb = lab.vtysh(lab.node(2), "show ipv6 ospf6 database router json")

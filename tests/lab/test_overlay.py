@@ -109,7 +109,7 @@ def test_every_node_routes_every_other_block(lab: Lab) -> None:
     for n, block in have.items():
         assert block.subnet_of(lab.site.pods.range) and block.prefixlen == 24
         assert remembered_block(lab, n) == block  # what survives a restart
-        cni = json.loads((lab.node_dir(lab.node(n)) / "cni" / "10-kubermesh.conflist")
+        cni = json.loads((lab.node_dir(lab.node(n)) / "cni" / "net.d" / "10-kubermesh.conflist")
                          .read_text())
         assert cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"] == str(block)
 

@@ -45,6 +45,15 @@ def test_kubermesh_units_installed_and_enabled(host: Any, image: Image) -> None:
     assert host.service("kubermesh-site-check").is_running  # oneshot, RemainAfterExit
     assert host.service("kubermesh-ssh-host-keys").is_enabled
     assert host.file("/usr/lib/systemd/system-preset/80-kubermesh.preset").exists
+    # One runtime for the whole node side: no per-agent units any more.
+    agent = host.service("kubermesh-agent")
+    assert agent.is_enabled and agent.is_running
+    assert host.service("kubermesh-kubelet").is_enabled
+    units = host.check_output("systemctl list-unit-files --no-legend 'kubermesh-*'")
+    assert "kubermesh-overlay" not in units and "kubermesh-anycast.service" not in units, units
+    # Its packet filter is in place; `lab` (test tooling) is not in the image.
+    assert "table inet kubermesh" in host.check_output("nft list tables")
+    assert host.run("/usr/lib/kubermesh/bin/python3 -c 'import lab.netns'").rc != 0
     assert host.run("kubermesh site check /etc/kubermesh/site.toml").rc == 0
 
 
@@ -77,11 +86,10 @@ def test_etc_and_var_work(host: Any) -> None:
     assert len(machine_id) == 32
     assert host.file("/var/lib/kubermesh/machine-id").content_string.strip() == machine_id
     assert host.run("echo ok > /etc/kubermesh-write-test && rm /etc/kubermesh-write-test").rc == 0
-    # The hostname is the node agent's, derived from the hardware identity.
-    node = dict(line.split("=", 1) for line in
-                host.file("/run/kubermesh/node.env").content_string.splitlines())
-    assert host.check_output("hostname") == node["KUBERMESH_HOSTNAME"]
-    assert node["KUBERMESH_HOSTNAME"].startswith("km-")
+    # The hostname is the node runtime's, derived from the hardware identity.
+    status = json.loads(host.file("/run/kubermesh/status.json").content_string)
+    assert host.check_output("hostname") == status["hostname"]
+    assert status["hostname"].startswith("km-")
     assert host.file("/tmp").is_directory and host.mount_point("/tmp").filesystem == "tmpfs"
 
 
