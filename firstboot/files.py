@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def write_atomic(path: Path, data: str | bytes, mode: int, owner: str | None = N
         except OSError:
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Random, not the PID: one left by a killed writer on a persistent /var must not
+    # block the same PID after a reboot.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     old_umask = os.umask(0)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)

@@ -72,6 +72,7 @@ def carrier(sysfs: Path, name: str) -> bool:
 def speed(sysfs: Path, name: str) -> int | None:
     """The NIC's speed in Mb/s, None when it does not say (-1, no carrier, no file)."""
     try:
-        return int(_read(sysfs / "class" / "net" / name / "speed"))
+        mbps = int(_read(sysfs / "class" / "net" / name / "speed"))
     except ValueError:
         return None
+    return mbps if mbps > 0 else None

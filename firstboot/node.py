@@ -190,6 +190,7 @@ class Frr(Controller):
         write_atomic(path, conf, 0o640, owner="frr", only_if_changed=True)  # the OSPF key
         up = self.daemons_up()
         if 0 < up < len(FRR_DAEMONS):
+            self.pending = True
             return False  # FRR is starting: reload once every daemon answers (next_run)
         if up:
             cmd = [str(FRR_RELOAD), "--reload", "--confdir", str(path.parent), str(path),
@@ -202,7 +203,10 @@ class Frr(Controller):
                 raise RuntimeError(f"frr-reload failed: {said.strip()[-300:]}")
         # else frr.service starts later and reads the file itself
         self.applied = conf
+        self.pending = False
         return True
 
+    pending = False  # a configuration not applied yet, for want of a started FRR
+
     def next_run(self) -> float | None:
-        return None if self.applied is not None else 1.0
+        return 1.0 if self.pending or self.applied is None else None

@@ -159,13 +159,13 @@ class Routes(Controller):
 
     def reconcile(self) -> bool:
         if self.full or self.due_resync():
-            old = self.table
+            old, version = self.table, self.version
             self.table = {}
             for r in self.ipr.get_routes(family=socket.AF_INET6, table=254):
                 self._learn(r, "RTM_NEWROUTE")
             self.full = False
             self.last_full = time.monotonic()
-            self.version += self.table != old
+            self.version = version + (self.table != old)
         changed = self.version != self.reported
         self.reported = self.version
         return changed
@@ -255,7 +255,9 @@ class Overlay(Controller):
         if self.block is None and now - self.started < SETTLE and (
                 self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
             return False  # others' claims are not all known yet: choose a moment later
-        changed_block = self._choose(list(counted.values()))
+        # A node without a block avoids every claim it sees, checked or not yet: a
+        # newcomer never evicts a holder. Keeping a block counts checked claims only.
+        changed_block = self._choose(list((claims if self.block is None else counted).values()))
         # Routes first: after a failure elsewhere in the mesh, they are what traffic waits for.
         self._apply_routes(desired_routes(counted, self.routes.table, self.block))
         if changed_block or not self.addresses_ok:

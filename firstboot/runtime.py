@@ -31,6 +31,7 @@ log = logging.getLogger("kubermesh.runtime")
 RETRY_FIRST = 1.0  # seconds before a failed controller runs again; doubles up to
 RETRY_MAX = 30.0
 SETTLE = 0.02  # messages arriving this close together are one batch (a SPF run)
+BATCH_MAX = 0.2  # but a batch ends after this long: passes and watchdog pings go on
 IDLE = 30.0  # the loop wakes at least this often
 
 
@@ -170,7 +171,8 @@ class Runtime:
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full of wake-ups already
+        # Full of wake-ups already, or closed: the runtime has stopped.
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
 
     def stop_on_signals(self) -> None:
@@ -195,7 +197,9 @@ class Runtime:
             woken = c.name in self.dirty or any(a in changed for a in c.after)
             due = now >= self.due[c.name]
             failing = self.failures[c.name] > 0
-            # A failing controller waits for its retry time, whatever woke it.
+            if woken and failing:
+                # It waits for its retry time, whatever woke it (and runs then).
+                self.dirty.discard(c.name)
             if not (due if failing else (woken or due)):
                 continue
             self.dirty.discard(c.name)
@@ -228,7 +232,8 @@ class Runtime:
         """Wait up to `timeout` for netlink messages or a wake-up, then take the
         whole burst (messages within SETTLE of each other)."""
         ready, _, _ = select.select([self._wake_r], [], [], max(0.0, timeout))
-        while ready and not self._stopping:
+        until = time.monotonic() + BATCH_MAX
+        while ready and not self._stopping and time.monotonic() < until:
             os.read(self._wake_r, 4096)
             self._dispatch()
             ready, _, _ = select.select([self._wake_r], [], [], SETTLE)
@@ -276,6 +281,5 @@ class Runtime:
                     log.error("%s: stopping: %s", c.name, e)
             # The netlink thread's socket goes with the process (it is a daemon
             # thread; pyroute2 sockets are closed by the thread that made them).
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            # The wake-up pipe stays open: daemon threads (probes) may still post.
         return self._stopping or ""

@@ -105,7 +105,8 @@ def test_agent_restart_recovers_without_disturbing_routing(make_lab: LabFactory)
     assert new != old
     log = lab.node_dir(lab.node(2)) / "agent.log"
     # It takes up the stage the first one reported, rather than starting again.
-    wait_for("the restarted agent to resume", lambda: "resuming at stage overlay" in log.read_text())
+    wait_for("the restarted agent to resume",
+             lambda: "resuming at stage overlay" in log.read_text())
     status_file = lab.node_dir(lab.node(2)) / "status.json"
     restarted = time.time()
     wait_for("the restarted agent to report stage overlay", lambda: status_file.stat().st_mtime

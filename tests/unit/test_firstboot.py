@@ -1,18 +1,18 @@
-"""The node agent's pure parts and its edges: sysfs, status, systemd protocols."""
+"""The node's edges: what sysfs says it is and which NICs it has, its one status
+file (stages, round trip, rendering, staleness)."""
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import replace
-from ipaddress import IPv6Network
 from pathlib import Path
 
 import pytest
 
-from firstboot import agent, hardware, networkd, systemd
+from firstboot import hardware
 from firstboot.status import (
+    STALE_AFTER,
     AnycastStatus,
+    ControllerReport,
     LinkStatus,
     NodeStatus,
     OverlayStatus,
@@ -22,27 +22,15 @@ from firstboot.status import (
     stage_of,
     write,
 )
-from mesh import plan
 from mesh.plan import HardwareIdentity
-from mesh.site import new_site_toml
-
-
-def fake_nic(sysfs: Path, name: str, mac: str, physical: bool = True, perm: bool = True,
-             carrier: bool = True) -> None:
-    d = sysfs / "class" / "net" / name
-    d.mkdir(parents=True)
-    (d / "address").write_text(mac + "\n")
-    (d / "addr_assign_type").write_text("0\n" if perm else "3\n")
-    (d / "carrier").write_text("1\n" if carrier else "0\n")
-    if physical:
-        (d / "device").mkdir()
+from tests.unit.fakes import fake_nic
 
 
 @pytest.fixture
 def sysfs(tmp_path: Path) -> Path:
     fake_nic(tmp_path, "lo", "00:00:00:00:00:00", physical=False)
-    fake_nic(tmp_path, "enp1s0", "52:54:00:00:00:22")
-    fake_nic(tmp_path, "enp2s0", "52:54:00:00:00:11")
+    fake_nic(tmp_path, "enp1s0", "52:54:00:00:00:22", speed=10000)
+    fake_nic(tmp_path, "enp2s0", "52:54:00:00:00:11", carrier=False, speed=-1)
     fake_nic(tmp_path, "mgmt0", "52:54:00:00:00:01")
     fake_nic(tmp_path, "veth0", "0a:00:00:00:00:01", physical=False, perm=False)
     fake_nic(tmp_path, "usb0", "02:00:00:00:00:99", perm=False)  # random MAC: not identity
@@ -60,12 +48,32 @@ def test_identity_from_dmi_else_lowest_permanent_physical_mac(sysfs: Path) -> No
                                                         "9a3f0e1c-1111-4c2b-8d3e-0123456789ab")
 
 
+def test_no_identity_without_dmi_or_a_permanent_mac(tmp_path: Path) -> None:
+    fake_nic(tmp_path, "usb0", "02:00:00:00:00:99", perm=False)
+    with pytest.raises(ValueError, match="no hardware identity"):
+        hardware.identity(tmp_path)
+
+
 def test_mesh_links_are_physical_nics_minus_not_mesh(sysfs: Path) -> None:
     nics = hardware.nics(sysfs)
+    assert [n.name for n in nics] == ["enp1s0", "enp2s0", "mgmt0", "usb0", "veth0"]
     assert hardware.mesh_links(nics, []) == ["enp1s0", "enp2s0", "mgmt0", "usb0"]
     assert hardware.mesh_links(nics, ["mgmt*"]) == ["enp1s0", "enp2s0", "usb0"]
     assert hardware.mesh_links(nics, ["52:54:00:00:00:1?"]) == ["enp1s0", "mgmt0", "usb0"]
+    assert hardware.mesh_links(nics, ["52:54:00:00:00:1?".upper()]) == [
+        "enp1s0", "mgmt0", "usb0"]  # a MAC glob in either case
     assert "veth0" in hardware.mesh_links(nics, [], physical_only=False)
+
+
+def test_carrier_and_speed(sysfs: Path) -> None:
+    assert hardware.carrier(sysfs, "enp1s0") and not hardware.carrier(sysfs, "enp2s0")
+    assert hardware.speed(sysfs, "enp1s0") == 10000
+    assert hardware.speed(sysfs, "mgmt0") is None  # no file
+    assert not hardware.carrier(sysfs, "gone0")
+
+
+def test_a_speed_of_minus_one_is_unknown(sysfs: Path) -> None:
+    assert hardware.speed(sysfs, "enp2s0") is None
 
 
 def link(name: str, carrier: bool = True, state: str = "") -> LinkStatus:
@@ -91,111 +99,74 @@ def test_stages() -> None:
     assert stage_of(full, 3, 2, held, "routed", "active") == Stage.ADJACENCIES
 
 
+def status(**kw: object) -> NodeStatus:
+    base = NodeStatus("ab" * 8, "km-abababababab", "mac:52:54:00:00:00:01", "fd00::1",
+                      "10.1.2.3", Stage.ADJACENCIES)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
 def test_status_round_trip_and_render(tmp_path: Path) -> None:
-    st = NodeStatus("ab" * 8, "km-abababababab", "mac:52:54:00:00:00:01", "fd00::1",
-                    "10.1.2.3", Stage.ADJACENCIES, (link("enp1s0", state="Full"),
-                                                    link("enp2s0", carrier=False)),
-                    known_nodes=3, routes_to=2, conflicts=("another node uses router-id x",),
-                    overlay=OverlayStatus("10.244.3.0/24", "10.244.3.1", 3, 2),
-                    anycast=(AnycastStatus("apiserver", "fd00:0:0:1::1", "unreachable"),))
+    st = status(links=(link("enp1s0", state="Full"), link("enp2s0", carrier=False)),
+                known_nodes=3, routes_to=2, known=("10.0.0.7", "10.0.0.8", "10.0.0.9"),
+                routed=("fd00::7", "fd00::8"), conflicts=("another node uses router-id x",),
+                errors=("overlay: 1 failed: route 10.244.1.0/24",),
+                overlay=OverlayStatus("10.244.3.0/24", "10.244.3.1", 3, 2),
+                anycast=(AnycastStatus("apiserver", "fd00:0:0:1::1", "unreachable"),),
+                kubelet="activating", updated=1000.0,
+                controllers=(ControllerReport("links", "ok", "", 990.0),
+                             ControllerReport("overlay", "error", "1 failed", 995.5),
+                             ControllerReport("kubelet", "pending")),
+                forged_claims=("fd00:0:0:2:af4:300:a00:1",))
     write(st, tmp_path / "s.json")
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644
     assert read(tmp_path / "s.json") == st
-    text = render(st)
+    assert NodeStatus.from_json(st.to_json()) == st
+    text = render(st, now=1003.0)
+    assert "status    written 3 s ago" in text
     assert "stage     adjacencies" in text and "routes    to 2 of 3" in text
-    assert "enp2s0" in text and "no carrier" in text and "CONFLICT" in text
+    assert "enp2s0" in text and "no carrier" in text
+    assert "neighbour 10.0.0.1 Full" in text
+    assert "CONFLICT  another node uses router-id x" in text
     assert "overlay   block 10.244.3.0/24 (node 10.244.3.1); 2 of 3 other blocks routed" in text
     assert "anycast   apiserver  fd00:0:0:1::1 unreachable" in text
+    assert "kubelet   activating" in text
+    assert "forged    pod-block claim fd00:0:0:2:af4:300:a00:1 (ignored)" in text
+    assert "error     overlay: 1 failed: route 10.244.1.0/24" in text
+
+
+def test_a_status_from_an_older_runtime_still_reads() -> None:
+    old = status().to_json()
+    for key in ("controllers", "forged_claims", "updated", "overlay", "anycast", "known"):
+        del old[key]
+    st = NodeStatus.from_json(old)
+    assert st.controllers == () and st.forged_claims == () and st.updated == 0.0
+    assert st.stale()  # written by nobody knows when
+
+
+def test_a_status_nobody_rewrites_is_stale() -> None:
+    st = status(updated=1000.0)
+    assert not st.stale(now=1000.0 + STALE_AFTER - 1)
+    assert st.stale(now=1000.0 + STALE_AFTER + 1)
+    assert st.age(now=1010.0) == 10.0
+    assert render(st, now=1002.0).startswith("status    written 2 s ago\n")
+    old = render(st, now=1100.0)
+    assert old.startswith("status    STALE: written 100 s ago; is the runtime running?")
+    assert "systemctl status kubermesh-agent" in old
+    # A clock that stepped back does not say "-3 s ago".
+    assert render(st, now=997.0).startswith("status    written 0 s ago")
+
+
+def test_status_without_links_or_block() -> None:
+    text = render(status(updated=1.0), now=1.0)
+    assert "(no mesh links)" in text
+    assert "overlay   no pod block yet; 0 other blocks known" in text
     assert "kubelet   not installed" in text
-
-
-def test_node_env_and_anycast_env() -> None:
-    node = plan.derive(HardwareIdentity("mac", "52:54:00:00:00:01"),
-                       IPv6Network("fd12:3456:789a::/48"))
-    env = dict(line.split("=", 1) for line in agent.node_env(node).splitlines())
-    assert env == {"KUBERMESH_NODE_ID": node.node_id, "KUBERMESH_HOSTNAME": node.hostname,
-                   "KUBERMESH_LOOPBACK": str(node.loopback),
-                   "KUBERMESH_ROUTER_ID": str(node.router_id)}
-    assert agent.anycast_env(["etcd=http://[::1]:2379/health", "apiserver=tcp://[::1]:6443"]) == (
-        "KUBERMESH_ANYCAST_SERVICES=--service etcd=http://[::1]:2379/health "
-        "--service apiserver=tcp://[::1]:6443\n")
-    for bad in ("etcd", "=http://x", "etcd=http://$HOME/", "etcd="):
-        with pytest.raises(ValueError, match=r"kubermesh\.anycast"):
-            agent.anycast_env([bad])
-
-
-def test_sd_notify_and_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert systemd.notify(READY="1") is False
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(str(path))
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        assert systemd.notify(READY="1", STATUS="links")
-        assert server.recv(4096) == b"READY=1\nSTATUS=links"
-    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
-    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    assert systemd.watchdog_interval() == 5.0
-    monkeypatch.setenv("WATCHDOG_PID", "1")
-    assert systemd.watchdog_interval() is None
-
-
-def test_journal_fields() -> None:
-    assert systemd._field("A", "b") == b"A=b\n"
-    assert systemd._field("A", "x\ny") == b"A\n" + (3).to_bytes(8, "little") + b"x\ny\n"
-
-
-def test_networkd_files() -> None:
-    files = networkd.render(["enp1s0"], ["mgmt0"])
-    mesh = files["40-kubermesh-mesh-enp1s0.network"]
-    assert "Name=enp1s0" in mesh and "IPv6AcceptRA=no" in mesh and "DHCP=no" in mesh
-    assert "LinkLocalAddressing=ipv6" in mesh
-    assert "DHCP=yes" in files["40-kubermesh-other-mgmt0.network"]
-    assert len(files) == 2
-
-
-def test_a_restarted_agent_resumes_from_its_status(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    site = tmp_path / "site.toml"
-    site.write_text(new_site_toml("t"))
-    opts = agent.Options(site_file=site, frr_dir=tmp_path, status_file=tmp_path / "status.json",
-                         identity=HardwareIdentity("mac", "52:54:00:00:00:01"))
-    fresh = agent.Agent(opts)
-    fresh.resume()  # no status yet: a first run
-    assert (fresh.stage, fresh.joined, fresh.in_conflict) == (Stage.BOOTING, 0, False)
-
-    node = fresh.node
-    write(NodeStatus(node.node_id, node.hostname, "mac:52:54:00:00:00:01", str(node.loopback),
-                     str(node.router_id), Stage.OVERLAY, known_nodes=3, routes_to=3,
-                     conflicts=("another node uses router-id x",)), opts.status_file)
-    again = agent.Agent(opts)
-    again.resume()
-    assert (again.stage, again.joined, again.in_conflict) == (Stage.OVERLAY, 3, True)
-    assert again.conflict[0] == ("another node uses router-id x",)
-    assert "resuming at stage overlay" in capsys.readouterr().out
-
-    # A status left under another identity is not taken up.
-    other = agent.Agent(replace(opts, identity=HardwareIdentity("mac", "52:54:00:00:00:02")))
-    other.resume()
-    assert (other.stage, other.joined, other.in_conflict) == (Stage.BOOTING, 0, False)
-
-
-def test_spf_tree_routers() -> None:
-    tree = ("+-217.12.200.96 [0]\n"
-            "   +-89.195.106.186 [100]\n"
-            "   |  +-130.25.188.211 [200]\n"
-            "   |     +-15.127.174.86 [300]\n"
-            "   +-212.154.56.88 [100]\n"
-            "      +-216.89.78.69 [200]\n")
-    assert agent.spf_tree_routers(tree) == {
-        "217.12.200.96", "89.195.106.186", "130.25.188.211", "15.127.174.86",
-        "212.154.56.88", "216.89.78.69"}
-    assert agent.spf_tree_routers("") == set()
+    assert "CONFLICT" not in text and "error" not in text and "forged" not in text
 
 
 def test_status_names_unreachable_routers(tmp_path: Path) -> None:
-    st = NodeStatus("ab" * 8, "km-abababababab", "mac:52:54:00:00:00:01", "fd00::1",
-                    "10.1.2.3", Stage.ROUTES, (link("enp1s0", state="Full"),),
-                    known_nodes=1, routes_to=1, unreachable=("10.9.9.9",))
+    st = status(stage=Stage.ROUTES, links=(link("enp1s0", state="Full"),), known_nodes=1,
+                routes_to=1, unreachable=("10.9.9.9",))
     write(st, tmp_path / "s.json")
     assert read(tmp_path / "s.json") == st
     assert "routes    to 1 of 1 other nodes; 1 more unreachable (10.9.9.9)" in render(st)

@@ -1,116 +1,108 @@
-"""Kubelet wiring: rendered containerd/kubelet configuration and the units' ordering."""
+"""The kubelet's side of the node: the controller that writes its configuration
+once the node holds a pod block, and the units that order containerd and the
+kubelet after the runtime's stages. (The files themselves: test_mesh_kubelet.py.)"""
 
 from __future__ import annotations
 
 import configparser
-import os
-import shlex
 import shutil
 import subprocess
-import tomllib
-from ipaddress import IPv4Network, IPv6Address
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from firstboot import kubelet
-from mesh.site import Site, new_site_toml, parse_site
+from firstboot import kubelet as kubelet_mod
+from firstboot.kubelet import KUBELET_UNIT, Kubelet, kubelet_paths
+from firstboot.overlay import Overlay, Routes
+from firstboot.paths import NodePaths
+from firstboot.status import KUBELET_NOT_INSTALLED
+from mesh import kubelet
+from tests.unit.fakes import Kernel, idle_ospf, node_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 UNITS = ROOT / "units" / "system"
+PRESETS = ROOT / "units" / "system-preset"
 BLOCK = IPv4Network("10.245.7.0/24")
 
 
-@pytest.fixture
-def site() -> Site:
-    return parse_site(tomllib.loads(new_site_toml("warehouse")))
+def controller(tmp_path: Path) -> tuple[Kubelet, Overlay]:
+    cfg = node_config(tmp_path)
+    kernel = Kernel()
+    ov = Overlay(cfg, kernel, Routes(cfg, kernel), idle_ospf(cfg, tmp_path), lambda _: None)
+    return Kubelet(cfg, ov), ov
 
 
-def files(site: Site, tmp_path: Path) -> dict[str, tuple[str, int]]:
-    paths = kubelet.Paths(run_dir=tmp_path / "run", kubelet_dir=tmp_path / "kubelet")
-    return {str(p.relative_to(tmp_path)): v
-            for p, v in kubelet.render_all(site, "km-0123456789ab", BLOCK, paths).items()}
+def test_nothing_is_written_before_the_node_holds_a_block(tmp_path: Path) -> None:
+    k, _ = controller(tmp_path)
+    assert k.reconcile() is False
+    assert k.state == KUBELET_NOT_INSTALLED and k.written == {}
+    assert not (tmp_path / "state" / "kubelet").exists()
 
 
-def test_every_file_is_rendered_with_safe_modes(site: Site, tmp_path: Path) -> None:
-    out = files(site, tmp_path)
-    assert {name: mode for name, (_, mode) in out.items()} == {
-        "run/containerd/config.toml": 0o644,
-        "run/kubelet/config.yaml": 0o644,
-        "run/kubelet/bootstrap-kubeconfig": 0o600,  # the bootstrap token
-        "run/kubelet/kubelet.env": 0o644,
-        "kubelet/kubeconfig": 0o600,
-    }
+def test_the_configuration_follows_the_block(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    k, ov = controller(tmp_path)
+    ov.block = BLOCK
+    k.reconcile()
+    cfg = k.cfg
+    want = kubelet.render_all(cfg.site, cfg.node.hostname, BLOCK, kubelet_paths(cfg))
+    assert set(k.written) == set(want)
+    for path, (text, mode) in want.items():
+        assert path.read_text() == text and path.stat().st_mode & 0o777 == mode
+        assert path.is_relative_to(tmp_path)  # a lab node writes nothing outside its state
+    env = cfg.paths.run_dir / "kubelet" / "kubelet.env"
+    assert "--node-ip=10.245.7.1" in env.read_text()
+    writes: list[Path] = []
+    monkeypatch.setattr(kubelet_mod, "write_atomic", lambda p, *a, **kw: writes.append(p))
+    k.reconcile()
+    assert writes == []  # unchanged: not written again
+    ov.block = IPv4Network("10.245.8.0/24")  # yielded to a lower router-id
+    k.reconcile()
+    assert env in writes
 
 
-def test_kubeconfigs_name_the_apiserver_by_its_anycast_address(site: Site,
-                                                               tmp_path: Path) -> None:
-    out = files(site, tmp_path)
-    want = f"https://[{site.anycast['apiserver']}]:6443"
-    for name in ("run/kubelet/bootstrap-kubeconfig", "kubelet/kubeconfig"):
-        conf: dict[str, Any] = yaml.safe_load(out[name][0])
-        assert conf["kind"] == "Config"
-        server = conf["clusters"][0]["cluster"]["server"]
-        assert server == want
-        assert IPv6Address(server.split("[")[1].split("]")[0]) == site.anycast["apiserver"]
-        assert conf["current-context"] == "kubelet"
-    boot = yaml.safe_load(out["run/kubelet/bootstrap-kubeconfig"][0])
-    assert boot["users"][0]["user"] == {"token": site.secrets.bootstrap_token}
-    after = yaml.safe_load(out["kubelet/kubeconfig"][0])
-    assert after["users"][0]["user"]["client-certificate"].endswith("kubelet-client-current.pem")
-    assert site.secrets.bootstrap_token not in out["kubelet/kubeconfig"][0]
+def test_the_kubelet_units_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    k, _ = controller(tmp_path)
+    calls: list[list[str]] = []
+    state = ["activating\n"]
+
+    def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 3, state[0], "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    assert k.reconcile() is False and calls == []  # no kubelet binary: not asked
+    k.cfg.paths.kubelet_binary.parent.mkdir(parents=True)
+    k.cfg.paths.kubelet_binary.touch()
+    assert k.reconcile() is True and k.state == "activating"
+    assert calls == [["systemctl", "is-active", KUBELET_UNIT]]
+    assert k.reconcile() is False
+    state[0] = "active\n"
+    assert k.reconcile() is True and k.state == "active"
+    state[0] = ""
+    assert k.reconcile() is True and k.state == "unknown"
 
 
-def test_kubelet_config(site: Site, tmp_path: Path) -> None:
-    conf = yaml.safe_load(files(site, tmp_path)["run/kubelet/config.yaml"][0])
-    assert conf["kind"] == "KubeletConfiguration"
-    assert conf["apiVersion"] == "kubelet.config.k8s.io/v1beta1"
-    assert conf["cgroupDriver"] == "systemd"
-    assert conf["podCIDR"] == str(BLOCK)
-    assert conf["clusterDNS"] == [str(site.services.range.network_address + 10)]
-    assert conf["containerRuntimeEndpoint"] == "unix:///run/containerd/containerd.sock"
-    assert conf["authentication"]["anonymous"]["enabled"] is False
-
-
-def test_node_ip_is_the_nodes_ipv4_address(site: Site, tmp_path: Path) -> None:
-    env = files(site, tmp_path)["run/kubelet/kubelet.env"][0]
-    line = next(x for x in env.splitlines() if x.startswith("KUBELET_ARGS="))
-    args = shlex.split(shlex.split(line.removeprefix("KUBELET_ARGS="))[0])
-    assert "--node-ip=10.245.7.1" in args
-    assert "--hostname-override=km-0123456789ab" in args
-    assert f"--bootstrap-kubeconfig={tmp_path}/run/kubelet/bootstrap-kubeconfig" in args
-
-
-def test_containerd_uses_the_overlays_cni_network(site: Site, tmp_path: Path) -> None:
-    conf = tomllib.loads(files(site, tmp_path)["run/containerd/config.toml"][0])
-    cri = conf["plugins"]["io.containerd.grpc.v1.cri"]
-    assert conf["version"] == 2
-    assert cri["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": f"{tmp_path}/run/cni/net.d"}
-    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
-
-
-def test_render_command_writes_the_files(site: Site, tmp_path: Path) -> None:
-    site_file = tmp_path / "site.toml"
-    site_file.write_text(new_site_toml("warehouse"))
-    state = tmp_path / "overlay.json"
-    state.write_text('{"block": "10.244.9.0/24"}\n')
-    rc = kubelet.main(["--site", str(site_file), "--hostname", "km-x", "--overlay-state",
-                       str(state), "--run-dir", str(tmp_path / "run"), "--kubelet-dir",
-                       str(tmp_path / "kubelet")])
-    assert rc == 0
-    assert "--node-ip=10.244.9.1" in (tmp_path / "run/kubelet/kubelet.env").read_text()
-    assert os.stat(tmp_path / "run/kubelet/bootstrap-kubeconfig").st_mode & 0o777 == 0o600
-    state.unlink()
-    assert kubelet.main(["--site", str(site_file), "--hostname", "km-x", "--overlay-state",
-                         str(state), "--run-dir", str(tmp_path / "run")]) == 1
+def test_the_node_paths_meet_the_units() -> None:
+    """The runtime writes where the units read."""
+    paths = NodePaths()
+    kp = kubelet_paths(node_config(Path("/nonexistent"), paths={
+        "run_dir": paths.run_dir, "kubelet_dir": paths.kubelet_dir, "ca_file": paths.ca_file}))
+    assert kp.cni_conf_dir == paths.cni_conf_dir  # the overlay writes, containerd reads
+    env = unit("kubermesh-kubelet.service")["Service"]["EnvironmentFile"]
+    assert Path(env) == kp.run_dir / "kubelet" / "kubelet.env"
+    dropin = (UNITS / "containerd.service.d" / "kubermesh-config.conf").read_text()
+    assert f"c={kp.run_dir / 'containerd' / 'config.toml'};" in dropin
+    assert unit("kubermesh-kubelet.service")["Unit"]["ConditionPathExists"] == str(
+        paths.kubelet_binary)
 
 
 def unit(name: str) -> configparser.RawConfigParser:
     p = configparser.RawConfigParser(strict=False)
     p.optionxform = str  # type: ignore[assignment,method-assign]
-    p.read(UNITS / name)
+    assert p.read(UNITS / name), name
     return p
 
 
@@ -118,22 +110,43 @@ def test_kubelet_unit_waits_for_overlay_and_anycast_and_needs_its_binary() -> No
     u = unit("kubermesh-kubelet.service")
     binary = u["Service"]["ExecStart"].split()[0]
     assert u["Unit"]["ConditionPathExists"] == binary == "/usr/bin/kubelet"
-    after = u["Unit"]["After"].split()
-    for dep in ("kubermesh-overlay.service", "kubermesh-anycast.service",
-                "kubermesh-apiserver-reachable.service", "kubermesh-kubelet-config.service",
-                "containerd.service"):
-        assert dep in after
-    assert u["Service"]["EnvironmentFile"] == "/run/kubermesh/kubelet/kubelet.env"
-    # The config it reads is rendered only once the overlay holds a block.
-    cfg = unit("kubermesh-kubelet-config.service")
-    assert "kubermesh-overlay.service" in cfg["Unit"]["After"].split()
-    assert unit("kubermesh-overlay.service")["Service"]["Type"] == "notify"
+    assert "kubermesh-wait-overlay.service" in u["Unit"]["Requires"].split()
+    assert {"containerd.service", "kubermesh-wait-anycast.service"} <= set(
+        u["Unit"]["Wants"].split())
+    assert {"containerd.service", "kubermesh-wait-overlay.service",
+            "kubermesh-wait-anycast.service"} <= set(u["Unit"]["After"].split())
+    for stage in ("overlay", "anycast"):
+        w = unit(f"kubermesh-wait-{stage}.service")
+        assert w["Service"]["Type"] == "oneshot"
+        assert f"wait --stage {stage}" in w["Service"]["ExecStart"]
+        assert "kubermesh-agent.service" in w["Unit"]["After"].split()
+    dropin = configparser.RawConfigParser(strict=False)
+    dropin.read(UNITS / "containerd.service.d" / "kubermesh-config.conf")
+    assert "kubermesh-wait-overlay.service" in dropin["Unit"]["After"].split()
+
+
+def test_the_agent_unit_is_a_notify_service_that_stops_on_bad_input() -> None:
+    u = unit("kubermesh-agent.service")["Service"]
+    assert u["Type"] == "notify" and u["ExecStart"] == "/usr/bin/kubermesh agent"
+    assert u["RestartPreventExitStatus"] == "78"  # agent.EX_CONFIG
+    assert "WatchdogSec" in u and u["Restart"] == "always"
+
+
+def test_every_installable_unit_is_enabled_by_the_preset() -> None:
+    enabled = {line.split()[1] for p in PRESETS.glob("*.preset")
+               for line in p.read_text().splitlines() if line.startswith("enable ")}
+    shipped = {p.name for p in UNITS.iterdir() if p.is_file()}
+    installable = {n for n in shipped if "[Install]" in (UNITS / n).read_text()}
+    assert installable <= enabled
+    ours = {n for n in enabled if n.startswith("kubermesh-")}
+    assert ours <= shipped  # no preset line for a unit that is gone
 
 
 def test_every_unit_passes_systemd_analyze_verify() -> None:
     tool = shutil.which("systemd-analyze")
     assert tool, "systemd-analyze (package systemd) is needed to check the units"
-    units = sorted(str(p) for p in UNITS.glob("kubermesh-*.service"))
+    units = sorted(str(p) for p in UNITS.iterdir() if p.suffix in (".service", ".mount"))
+    assert len(units) >= 7
     r = subprocess.run([tool, "verify", "--man=no", *units], capture_output=True, text=True,
                        check=False, timeout=60)
     # The binaries live in the image, not on the test host.

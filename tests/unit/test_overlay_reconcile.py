@@ -1,166 +1,278 @@
-"""The overlay agent's reconcile pass against a kernel stand-in: what it installs,
-removes, and how one failing object is reported and retried without holding up
-the others. (The lab tests run it against the real kernel and FRR.)"""
+"""The routes and overlay controllers against a kernel stand-in: what they learn,
+install and remove, and how one failing object is reported and retried without
+holding up the others. (The lab tests run them against the real kernel and FRR.)"""
 
 from __future__ import annotations
 
+import json
 import socket
-import tomllib
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from firstboot.overlay import RTPROT_KUBERMESH, Config, Overlay
-from mesh import pods
+from firstboot import overlay as overlay_mod
+from firstboot.node import NodeConfig
+from firstboot.ospf import Ospf, OspfView
+from firstboot.overlay import RTPROT_KUBERMESH, NextHop, Overlay, Routes
+from mesh import cni, pods
 from mesh.pods import BlockClaim
-from mesh.site import Site, new_site_toml, parse_site
+from mesh.site import Site
+from tests.unit.fakes import ME, Kernel, Msg, idle_ospf, link_msg, node_config, route_msg
 
-ME = IPv4Address("10.0.0.5")
-
-
-class Kernel:
-    """Just enough of pyroute2's IPRoute: routes and lo's addresses as netlink-like dicts."""
-
-    def __init__(self) -> None:
-        self.v6: list[dict[str, Any]] = []
-        self.v4: dict[str, dict[str, Any]] = {}
-        self.addrs: set[tuple[str, int]] = set()
-        self.fail_next: set[str] = set()  # route dsts whose next change fails once
-
-    def claim_route(self, site: Site, claim: BlockClaim, hops: list[tuple[str, int]]) -> None:
-        dst = str(pods.claim_address(site.mesh.ula, claim))
-        self.v6.append({"type": 1, "dst_len": 128, "proto": 188, "attrs": [
-            ("RTA_DST", dst),
-            ("RTA_MULTIPATH", [{"oif": oif, "attrs": [("RTA_GATEWAY", gw)]}
-                               for gw, oif in hops])]})
-
-    def get_routes(self, family: int, table: int, proto: int | None = None) -> list[Any]:
-        if family == socket.AF_INET6:
-            return self.v6
-        return list(self.v4.values())
-
-    def route(self, verb: str, dst: str, **kw: Any) -> None:
-        if dst in self.fail_next:
-            self.fail_next.discard(dst)
-            raise OSError(22, "Invalid argument")
-        if verb == "del":
-            del self.v4[dst]
-            return
-        net = IPv4Network(dst)
-        self.v4[dst] = {"type": 1, "dst_len": net.prefixlen, "proto": kw["proto"], "attrs": [
-            ("RTA_DST", str(net.network_address)),
-            ("RTA_MULTIPATH", [{"oif": h["oif"], "attrs": [("RTA_VIA", h["via"])]}
-                               for h in kw["multipath"]])]}
-
-    def link_lookup(self, ifname: str) -> list[int]:
-        return [1]
-
-    def get_addr(self, index: int) -> list[Any]:
-        return [{"prefixlen": p, "attrs": [("IFA_ADDRESS", a)]} for a, p in self.addrs]
-
-    def addr(self, verb: str, index: int, address: str, prefixlen: int) -> None:
-        (self.addrs.add if verb == "add" else self.addrs.discard)((address, prefixlen))
+B1, B2, B3 = (IPv4Network(f"10.244.{i}.0/24") for i in (1, 2, 3))
 
 
-@pytest.fixture
-def site() -> Site:
-    return parse_site(tomllib.loads(new_site_toml("s")))
+class Node:
+    """One node's routes and overlay controllers over a fake kernel and OSPF view."""
+
+    def __init__(self, tmp_path: Path, site: Site | None = None) -> None:
+        self.kernel = Kernel()
+        self.cfg: NodeConfig = node_config(tmp_path, site)
+        self.site = self.cfg.site
+        self.routes = Routes(self.cfg, self.kernel)
+        self.ospf: Ospf = idle_ospf(self.cfg, tmp_path)
+        self.pokes: list[str] = []
+        self.overlay = Overlay(self.cfg, self.kernel, self.routes, self.ospf, self.pokes.append)
+
+    def claim(self, block: IPv4Network, owner: str, hops: list[tuple[str, int]],
+              advertised_by: str | None = None) -> Msg:
+        """Another node's claim: its route, and the router the LSDB says announces it
+        (the owner, unless `advertised_by`; "" for not in the LSDB yet)."""
+        c = BlockClaim(block, IPv4Address(owner))
+        msg = self.kernel.claim(self.site, c, hops)
+        by = owner if advertised_by is None else advertised_by
+        if by:
+            adv = dict(self.ospf.view.advertisers)
+            adv[pods.claim_address(self.site.mesh.ula, c)] = frozenset({by})
+            self.ospf.view = OspfView(advertisers=adv)
+        return msg
+
+    def my_claim(self, block: IPv4Network) -> tuple[str, int]:
+        return str(pods.claim_address(self.site.mesh.ula, BlockClaim(block, ME))), 128
+
+    def reconcile(self) -> bool:
+        self.routes.reconcile()
+        return self.overlay.reconcile()
 
 
-def agent(site: Site, tmp_path: Path, kernel: Kernel) -> Overlay:
-    cfg = Config(site, "00112233aabbccdd", ME, tmp_path / "overlay.json", tmp_path / "cni",
-                 tmp_path / "cni-data", settle=0)
-    return Overlay(cfg, kernel)
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh node chooses its block at once (no waiting to learn others' claims)."""
+    monkeypatch.setattr(overlay_mod, "SETTLE", 0.0)
 
 
-def via(route: dict[str, Any]) -> list[tuple[str, int]]:
-    return sorted((h["attrs"][0][1]["addr"], h["oif"]) for h in dict(route["attrs"])
-                  ["RTA_MULTIPATH"])
-
-
-def test_routes_each_block_with_its_claims_next_hops(site: Site, tmp_path: Path) -> None:
-    k = Kernel()
-    b1, b2 = IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24")
-    k.claim_route(site, BlockClaim(b1, IPv4Address("10.0.0.1")), [("fe80::1", 2), ("fe80::2", 3)])
-    k.claim_route(site, BlockClaim(b2, IPv4Address("10.0.0.9")), [("fe80::2", 3)])
-    a = agent(site, tmp_path, k)
-    a.reconcile()
-    assert a.failures == set() and a.ready
-    assert set(k.v4) == {str(b1), str(b2)}
-    assert via(k.v4[str(b1)]) == [("fe80::1", 2), ("fe80::2", 3)]
+def test_routes_each_block_with_its_claims_next_hops(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.claim(B1, "10.0.0.1", [("fe80::1", 2), ("fe80::2", 3)])
+    n.claim(B2, "10.0.0.9", [("fe80::2", 3)])
+    assert n.reconcile() is True
+    k = n.kernel
+    assert n.overlay.failures == []
+    assert set(k.v4) == {str(B1), str(B2)}
+    assert k.via(B1) == [("fe80::1", 2), ("fe80::2", 3)]
+    assert k.via(B2) == [("fe80::2", 3)]
     assert all(r["proto"] == RTPROT_KUBERMESH for r in k.v4.values())
-    assert a.block not in (b1, b2)
-    assert a.block is not None
-    assert (str(pods.node_address(a.block)), 32) in k.addrs
-    assert (str(pods.claim_address(site.mesh.ula, BlockClaim(a.block, ME))), 128) in k.addrs
-    assert (tmp_path / "cni" / "10-kubermesh.conflist").exists()
+    mine = n.overlay.block
+    assert mine is not None and mine not in (B1, B2)
+    # Announced on lo: the claim /128 (ospf6d carries it) and the node's /32.
+    assert k.addrs == {(str(pods.node_address(mine)), 32), n.my_claim(mine)}
+    assert n.overlay.routed == {B1, B2}
+    cfg = n.cfg.paths
+    assert json.loads(cfg.overlay_state.read_text()) == {"block": str(mine)}
+    assert json.loads((cfg.cni_conf_dir / cni.CNI_FILE).read_text()) == json.loads(
+        cni.render_cni(mine, cfg.cni_data_dir))
+    assert n.reconcile() is False  # nothing changed
     # The claim goes: so does its IPv4 route.
-    k.v6.pop()
-    a.reconcile()
-    assert set(k.v4) == {str(b1)}
+    n.routes.message(k.del_route(pods.claim_address(n.site.mesh.ula,
+                                                    BlockClaim(B2, IPv4Address("10.0.0.9")))))
+    assert n.reconcile() is True
+    assert set(k.v4) == {str(B1)}
 
 
-def test_a_failing_route_is_retried_and_does_not_block_the_others(site: Site,
-                                                                  tmp_path: Path) -> None:
-    k = Kernel()
-    blocks = [IPv4Network(f"10.244.{i}.0/24") for i in (1, 2, 3)]
-    for i, b in enumerate(blocks):
-        k.claim_route(site, BlockClaim(b, IPv4Address(f"10.0.1.{i + 1}")), [("fe80::1", 2)])
-    k.fail_next.add(str(blocks[1]))
-    a = agent(site, tmp_path, k)
-    a.reconcile()
-    assert set(k.v4) == {str(blocks[0]), str(blocks[2])}
-    assert len(a.failures) == 1 and str(blocks[1]) in next(iter(a.failures))
-    assert not a.ready  # not ready while something is missing
-    a.reconcile()  # the retry
-    assert set(k.v4) == {str(b) for b in blocks}
-    assert a.failures == set() and a.ready
+def test_a_failing_route_is_retried_and_does_not_block_the_others(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    for i, b in enumerate((B1, B2, B3)):
+        n.claim(b, f"10.0.1.{i + 1}", [("fe80::1", 2)])
+    n.kernel.fail_next.add(str(B2))
+    with pytest.raises(RuntimeError, match=rf"1 failed: route {B2} via fe80::1%2: "):
+        n.reconcile()
+    assert set(n.kernel.v4) == {str(B1), str(B3)}
+    assert len(n.overlay.failures) == 1
+    # The block is announced all the same: a route elsewhere does not hold it up.
+    assert n.overlay.block is not None
+    assert n.my_claim(n.overlay.block) in n.kernel.addrs
+    n.reconcile()  # the retry (the runtime's backoff): it reads the kernel again
+    assert set(n.kernel.v4) == {str(b) for b in (B1, B2, B3)}
+    assert n.overlay.failures == [] and n.overlay.routed == {B1, B2, B3}
 
 
-def test_yields_to_a_lower_router_id_and_cleans_up(site: Site, tmp_path: Path) -> None:
-    k = Kernel()
-    a = agent(site, tmp_path, k)
-    a.reconcile()
-    mine = a.block
+def test_yields_to_a_lower_router_id_and_cleans_up(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    n = Node(tmp_path)
+    n.reconcile()
+    mine = n.overlay.block
     assert mine is not None
-    k.claim_route(site, BlockClaim(mine, IPv4Address("10.0.0.1")), [("fe80::1", 2)])
-    a.reconcile()
-    assert a.block != mine
-    assert a.block is not None
-    old_claim = str(pods.claim_address(site.mesh.ula, BlockClaim(mine, ME)))
-    assert (old_claim, 128) not in k.addrs
-    assert (str(pods.node_address(mine)), 32) not in k.addrs
-    assert str(mine) in k.v4  # now routed to its keeper
-    assert str(a.block) in (tmp_path / "overlay.json").read_text()
+    n.routes.message(n.claim(mine, "10.0.0.1", [("fe80::1", 2)]))  # lower than ME
+    assert n.reconcile() is True
+    new = n.overlay.block
+    assert new is not None and new != mine
+    assert n.my_claim(mine) not in n.kernel.addrs
+    assert (str(pods.node_address(mine)), 32) not in n.kernel.addrs
+    assert n.my_claim(new) in n.kernel.addrs
+    assert n.kernel.via(mine) == [("fe80::1", 2)]  # now routed to its keeper
+    assert str(new) in n.cfg.paths.overlay_state.read_text()
+    assert f"yielding pod block {mine} to router-id 10.0.0.1" in caplog.text
 
 
-def test_route_messages_are_applied_without_reading_everything_again(site: Site,
-                                                                    tmp_path: Path) -> None:
-    k = Kernel()
-    b1, b2 = IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24")
-    k.claim_route(site, BlockClaim(b1, IPv4Address("10.0.0.1")), [("fe80::1", 2)])
-    a = agent(site, tmp_path, k)
-    a.reconcile()
-    assert set(k.v4) == {str(b1)}
-    reads: list[dict[str, Any]] = []
+def test_keeps_its_block_against_a_higher_router_id(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.reconcile()
+    mine = n.overlay.block
+    assert mine is not None
+    n.routes.message(n.claim(mine, "10.0.0.200", [("fe80::1", 2)]))
+    n.reconcile()
+    assert n.overlay.block == mine and str(mine) not in n.kernel.v4
 
-    def no_reads(*args: Any, **kw: Any) -> list[Any]:
-        reads.append(kw)
-        return []
 
-    k.get_routes = no_reads  # type: ignore[method-assign]
+def test_a_forged_claim_evicts_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    n = Node(tmp_path)
+    n.reconcile()
+    mine = n.overlay.block
+    assert mine is not None
+    # 10.0.0.9 announces a claim on our block that embeds the lower router-id 10.0.0.1.
+    msg = n.claim(mine, "10.0.0.1", [("fe80::1", 2)], advertised_by="10.0.0.9")
+    n.routes.message(msg)
+    assert n.reconcile() is True  # the forged claim is news for the status
+    assert n.overlay.block == mine
+    assert n.my_claim(mine) in n.kernel.addrs and str(mine) not in n.kernel.v4
+    forged = IPv6Address(msg.get_attr("RTA_DST"))
+    assert set(n.overlay.forged) == {forged} and n.overlay.claims == {}
+    assert caplog.text.count("ignoring claim") == 1
+    n.reconcile()
+    assert caplog.text.count("ignoring claim") == 1  # said once
+
+
+def test_a_claim_not_in_the_lsdb_yet_waits_and_asks_ospf_again(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.claim(B1, "10.0.0.1", [("fe80::1", 2)], advertised_by="")
+    n.reconcile()
+    assert n.overlay.unverified == 1 and n.pokes == ["ospf"]
+    assert n.overlay.claims == {} and n.overlay.forged == {}
+    assert n.kernel.v4 == {}  # not routed before it is verified
+    n.claim(B1, "10.0.0.1", [("fe80::1", 2)])  # the next reading of the LSDB has it
+    n.reconcile()
+    assert n.overlay.unverified == 0 and set(n.kernel.v4) == {str(B1)}
+
+
+def test_a_fresh_node_waits_to_learn_the_others_claims(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overlay_mod, "SETTLE", 60.0)
+    n = Node(tmp_path)
+    n.claim(B1, "10.0.0.1", [("fe80::1", 2)])
+    assert n.reconcile() is False  # routes only just arrived: more may follow
+    assert n.overlay.block is None and n.kernel.addrs == set()
+    monkeypatch.setattr(overlay_mod, "ATTACHED_FOR", 0.0)
+    assert n.reconcile() is True
+    assert n.overlay.block not in (None, B1)
+
+
+def test_a_remembered_block_is_taken_up_at_once(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overlay_mod, "SETTLE", 60.0)
+    first = Node(tmp_path)
+    state = first.cfg.paths.overlay_state
+    state.parent.mkdir(parents=True)
+    state.write_text('{"block": "10.244.7.0/24"}\n')
+    n = Node(tmp_path, first.site)
+    assert n.overlay.block == IPv4Network("10.244.7.0/24")
+    n.reconcile()
+    assert n.my_claim(IPv4Network("10.244.7.0/24")) in n.kernel.addrs
+    for bad in ('{"block": "192.168.0.0/24"}', "{", '{"other": 1}'):
+        state.write_text(bad)
+        assert Node(tmp_path, first.site).overlay.block is None
+
+
+def test_stale_addresses_on_lo_are_removed(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.kernel.addrs |= {n.my_claim(B3), (str(pods.node_address(B3)), 32), ("127.0.0.1", 8)}
+    n.reconcile()
+    mine = n.overlay.block
+    assert mine is not None and mine != B3
+    assert n.kernel.addrs == {n.my_claim(mine), (str(pods.node_address(mine)), 32),
+                              ("127.0.0.1", 8)}  # not ours: left alone
+
+
+def test_routes_follow_messages_without_reading_everything_again(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    k = n.kernel
+    n.claim(B1, "10.0.0.1", [("fe80::1", 2)])
+    n.reconcile()
+    assert set(k.v4) == {str(B1)}
+    k.reads.clear()
     # A new claim arrives, then the first one moves to other next hops.
-    k.claim_route(site, BlockClaim(b2, IPv4Address("10.0.0.2")), [("fe80::2", 3)])
-    a.learn(k.v6[-1], "RTM_NEWROUTE")
-    moved = dict(k.v6[0], attrs=[k.v6[0]["attrs"][0], ("RTA_MULTIPATH", [
-        {"oif": 3, "attrs": [("RTA_GATEWAY", "fe80::2")]}])])
-    a.learn(moved, "RTM_NEWROUTE")
-    a.reconcile(full=False)
-    assert reads == []
-    assert set(k.v4) == {str(b1), str(b2)}
-    assert via(k.v4[str(b1)]) == [("fe80::2", 3)]
-    a.learn(k.v6[-1], "RTM_DELROUTE")
-    a.reconcile(full=False)
-    assert set(k.v4) == {str(b1)} and reads == []
+    n.routes.message(n.claim(B2, "10.0.0.2", [("fe80::2", 3)]))
+    n.routes.message(n.claim(B1, "10.0.0.1", [("fe80::2", 3), ("fe80::3", 4)]))
+    n.reconcile()
+    assert k.reads == []
+    assert set(k.v4) == {str(B1), str(B2)}
+    assert k.via(B1) == [("fe80::2", 3), ("fe80::3", 4)]
+    n.routes.message(k.del_route(pods.claim_address(n.site.mesh.ula,
+                                                    BlockClaim(B2, IPv4Address("10.0.0.2")))))
+    n.reconcile()
+    assert set(k.v4) == {str(B1)} and k.reads == []
+    # A link event: the kernel drops that link's routes without a word; all is read again.
+    assert n.routes.wants(link_msg()) and n.overlay.wants(link_msg())
+    n.routes.message(link_msg())
+    n.overlay.message(link_msg())
+    n.reconcile()
+    assert socket.AF_INET6 in k.reads and socket.AF_INET in k.reads
+
+
+def test_routes_take_only_the_sites_unicast_host_routes(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    ula = n.site.mesh.ula
+    inside = str(ula.network_address + 7)
+    assert n.routes.wants(route_msg(inside, [("fe80::1", 2)]))
+    assert not n.routes.wants(route_msg("fd99::7", [("fe80::1", 2)]))  # another site
+    v4 = Msg(event="RTM_NEWROUTE", family=socket.AF_INET, dst_len=32,
+             attrs=[("RTA_DST", "10.0.0.1")])
+    assert not n.routes.wants(v4)
+    assert not n.routes.wants(Msg(route_msg(inside, []), dst_len=64))
+    assert not n.routes.wants(Msg(event="RTM_NEWADDR"))
+    for r in (route_msg(str(ula.network_address + 8), [("fe80::1", 2)], proto=2),  # kernel's
+              route_msg(str(ula.network_address + 9), [("fe80::1", 2)], table=255)):  # local
+        n.routes.message(r)
+    n.routes.message(route_msg(inside, [("fe80::1", 2), ("fe80::2", 3)]))
+    assert n.routes.table == {IPv6Address(inside): (NextHop(IPv6Address("fe80::1"), 2),
+                                                    NextHop(IPv6Address("fe80::2"), 3))}
+    n.routes.message(Msg(route_msg(inside, []), event="RTM_DELROUTE"))
+    assert n.routes.table == {}
+
+
+def test_a_full_read_reports_a_change_only_when_the_table_changed(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.kernel.add_route(n.site.mesh.ula.network_address + 7, [("fe80::1", 2)])
+    assert n.routes.reconcile() is True
+    n.kernel.add_route(n.site.mesh.ula.network_address + 8, [("fe80::1", 2)])
+    n.routes.full = True
+    assert n.routes.reconcile() is True
+    n.routes.full = True
+    assert n.routes.reconcile() is False
+
+
+def test_a_route_message_is_a_change_for_the_controllers_after_routes(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    n.routes.reconcile()
+    assert n.routes.reconcile() is False
+    n.routes.message(n.kernel.add_route(n.site.mesh.ula.network_address + 7, [("fe80::1", 2)]))
+    assert n.routes.reconcile() is True  # the overlay, after it, runs on this pass
+    assert n.routes.reconcile() is False
+
+
+def test_a_fresh_node_does_not_take_a_block_claimed_but_not_yet_verified(tmp_path: Path) -> None:
+    n = Node(tmp_path)
+    first = next(pods.candidates(n.cfg.node.node_id, n.site.pods))
+    n.claim(first, "10.0.0.9", [("fe80::1", 2)], advertised_by="")  # held, not yet in the view
+    n.reconcile()
+    assert n.overlay.block != first

@@ -138,6 +138,10 @@ def test_cli_init_and_check(tmp_path: Path) -> None:
 def test_cli_check_names_field(tmp_path: Path) -> None:
     p = tmp_path / "site.toml"
     p.write_text(new_site_toml().replace('range = "10.96.0.0/12"', 'range = "10.244.0.0/16"'))
+    p.chmod(0o644)
+    r = kubermesh("site", "check", str(p))
+    assert r.returncode == 1 and "open to other users (mode 0644)" in r.stderr  # its secrets
+    p.chmod(0o600)
     r = kubermesh("site", "check", str(p))
     assert r.returncode == 1
     assert "services.range" in r.stderr and "overlaps pods.range" in r.stderr

@@ -1,0 +1,95 @@
+"""The kubelet's wiring (mesh/kubelet.py): rendered containerd and kubelet configuration."""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from ipaddress import IPv4Network, IPv6Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mesh import kubelet
+from mesh.site import Site, new_site_toml, parse_site
+
+BLOCK = IPv4Network("10.245.7.0/24")
+
+
+@pytest.fixture
+def site() -> Site:
+    return parse_site(tomllib.loads(new_site_toml("warehouse")))
+
+
+def files(site: Site, tmp_path: Path) -> dict[str, tuple[str, int]]:
+    paths = kubelet.KubeletPaths(run_dir=tmp_path / "run", kubelet_dir=tmp_path / "kubelet")
+    return {str(p.relative_to(tmp_path)): v
+            for p, v in kubelet.render_all(site, "km-0123456789ab", BLOCK, paths).items()}
+
+
+def test_every_file_is_rendered_with_safe_modes(site: Site, tmp_path: Path) -> None:
+    out = files(site, tmp_path)
+    assert {name: mode for name, (_, mode) in out.items()} == {
+        "run/containerd/config.toml": 0o644,
+        "run/kubelet/config.yaml": 0o644,
+        "run/kubelet/bootstrap-kubeconfig": 0o600,  # the bootstrap token
+        "run/kubelet/kubelet.env": 0o644,
+        "kubelet/kubeconfig": 0o600,
+    }
+
+
+def test_default_paths_are_the_nodes() -> None:
+    p = kubelet.KubeletPaths()
+    assert p.cni_conf_dir == Path("/run/kubermesh/cni/net.d")
+    assert p.kubeconfig == Path("/var/lib/kubelet/kubeconfig")
+    assert p.client_cert == Path("/var/lib/kubelet/pki/kubelet-client-current.pem")
+
+
+def test_kubeconfigs_name_the_apiserver_by_its_anycast_address(site: Site,
+                                                               tmp_path: Path) -> None:
+    out = files(site, tmp_path)
+    want = f"https://[{site.anycast['apiserver']}]:6443"
+    assert kubelet.apiserver_url(site) == want
+    for name in ("run/kubelet/bootstrap-kubeconfig", "kubelet/kubeconfig"):
+        conf: dict[str, Any] = yaml.safe_load(out[name][0])
+        assert conf["kind"] == "Config"
+        server = conf["clusters"][0]["cluster"]["server"]
+        assert server == want
+        assert IPv6Address(server.split("[")[1].split("]")[0]) == site.anycast["apiserver"]
+        assert conf["current-context"] == "kubelet"
+    boot = yaml.safe_load(out["run/kubelet/bootstrap-kubeconfig"][0])
+    assert boot["users"][0]["user"] == {"token": site.secrets.bootstrap_token}
+    after = yaml.safe_load(out["kubelet/kubeconfig"][0])
+    assert after["users"][0]["user"]["client-certificate"].endswith("kubelet-client-current.pem")
+    assert site.secrets.bootstrap_token not in out["kubelet/kubeconfig"][0]
+
+
+def test_kubelet_config(site: Site, tmp_path: Path) -> None:
+    conf = yaml.safe_load(files(site, tmp_path)["run/kubelet/config.yaml"][0])
+    assert conf["kind"] == "KubeletConfiguration"
+    assert conf["apiVersion"] == "kubelet.config.k8s.io/v1beta1"
+    assert conf["cgroupDriver"] == "systemd"
+    assert conf["podCIDR"] == str(BLOCK)
+    assert conf["clusterDNS"] == [str(site.services.range.network_address + 10)]
+    assert conf["containerRuntimeEndpoint"] == "unix:///run/containerd/containerd.sock"
+    assert conf["authentication"]["anonymous"]["enabled"] is False
+
+
+def test_node_ip_is_the_nodes_ipv4_address(site: Site, tmp_path: Path) -> None:
+    env = files(site, tmp_path)["run/kubelet/kubelet.env"][0]
+    line = next(x for x in env.splitlines() if x.startswith("KUBELET_ARGS="))
+    args = shlex.split(shlex.split(line.removeprefix("KUBELET_ARGS="))[0])
+    assert "--node-ip=10.245.7.1" in args
+    assert "--hostname-override=km-0123456789ab" in args
+    assert f"--bootstrap-kubeconfig={tmp_path}/run/kubelet/bootstrap-kubeconfig" in args
+    assert [x for x in env.splitlines() if x and not x.startswith("#")] == [line]
+
+
+def test_containerd_uses_the_nodes_cni_network(site: Site, tmp_path: Path) -> None:
+    conf = tomllib.loads(files(site, tmp_path)["run/containerd/config.toml"][0])
+    cri = conf["plugins"]["io.containerd.grpc.v1.cri"]
+    assert conf["version"] == 2
+    assert cri["sandbox_image"] == kubelet.PAUSE_IMAGE
+    assert cri["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": f"{tmp_path}/run/cni/net.d"}
+    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
