@@ -28,19 +28,16 @@ _env = render.environment("mesh")
 
 @dataclass(frozen=True)
 class KubeletPaths:
-    """Where the files go and what they name, on a node by default."""
+    """Where the files go and what they name. The node's own places come from its
+    file contract (firstboot/paths.py); the rest are Debian's packages' defaults."""
 
-    run_dir: Path = Path("/run/kubermesh")
-    kubelet_dir: Path = Path("/var/lib/kubelet")
-    ca_file: Path = Path("/etc/kubernetes/pki/ca.crt")
+    run_dir: Path
+    kubelet_dir: Path
+    ca_file: Path
+    cni_conf_dir: Path  # where the node's CNI network (mesh/cni.py) is
     cni_bin_dir: Path = Path("/usr/lib/cni")
     static_pod_path: Path = Path("/etc/kubernetes/manifests")
     containerd_socket: Path = Path("/run/containerd/containerd.sock")
-
-    @property
-    def cni_conf_dir(self) -> Path:
-        """Where the node's CNI network (mesh/cni.py) is written."""
-        return self.run_dir / "cni" / "net.d"
 
     @property
     def kubeconfig(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import tomllib
+from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from firstboot.paths import NodePaths
 from mesh import kubelet
 from mesh.site import Site, new_site_toml, parse_site
 
@@ -23,7 +25,9 @@ def site() -> Site:
 
 
 def files(site: Site, tmp_path: Path) -> dict[str, tuple[str, int]]:
-    paths = kubelet.KubeletPaths(run_dir=tmp_path / "run", kubelet_dir=tmp_path / "kubelet")
+    paths = kubelet.KubeletPaths(run_dir=tmp_path / "run", kubelet_dir=tmp_path / "kubelet",
+                                 ca_file=tmp_path / "ca.crt",
+                                 cni_conf_dir=tmp_path / "run" / "cni" / "net.d")
     return {str(p.relative_to(tmp_path)): v
             for p, v in kubelet.render_all(site, "km-0123456789ab", BLOCK, paths).items()}
 
@@ -39,9 +43,14 @@ def test_every_file_is_rendered_with_safe_modes(site: Site, tmp_path: Path) -> N
     }
 
 
-def test_default_paths_are_the_nodes() -> None:
-    p = kubelet.KubeletPaths()
-    assert p.cni_conf_dir == Path("/run/kubermesh/cni/net.d")
+def test_the_nodes_paths_come_from_its_file_contract() -> None:
+    from firstboot.kubelet import kubelet_paths
+    from tests.unit.fakes import node_config
+
+    node = NodePaths()
+    cfg = node_config(Path("/nonexistent"))
+    p = kubelet_paths(replace(cfg, paths=node))
+    assert p.cni_conf_dir == node.cni_conf_dir == Path("/run/kubermesh/cni/net.d")
     assert p.kubeconfig == Path("/var/lib/kubelet/kubeconfig")
     assert p.client_cert == Path("/var/lib/kubelet/pki/kubelet-client-current.pem")
 
