@@ -59,17 +59,21 @@ class NodeLogHandler(logging.Handler):
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            fields: dict[str, Any] = getattr(record, "fields", None) or {}
-            if self.to_journal:
-                journal.send(message, PRIORITY=str(_PRIORITY.get(record.levelno, 6)),
-                             SYSLOG_IDENTIFIER=IDENTIFIER, CODE_FILE=record.pathname,
-                             CODE_LINE=str(record.lineno), CODE_FUNC=record.funcName,
-                             **{f"KUBERMESH_{k.upper()}": str(v) for k, v in fields.items()})
             stamp = time.strftime("%H:%M:%S ", time.localtime(record.created)) \
                 if self.timestamps else ""
             level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
-            self.console.write(f"{stamp}{level}{message}\n")
+            self.console.write(f"{stamp}kubermesh: {level}{message}\n")
             self.console.flush()
+        except Exception:
+            self.handleError(record)
+        if not self.to_journal:
+            return
+        try:
+            fields: dict[str, Any] = getattr(record, "fields", None) or {}
+            journal.send(message, PRIORITY=str(_PRIORITY.get(record.levelno, journal.LOG_INFO)),
+                         SYSLOG_IDENTIFIER=IDENTIFIER, CODE_FILE=record.pathname,
+                         CODE_LINE=record.lineno, CODE_FUNC=record.funcName,
+                         **{f"KUBERMESH_{k.upper()}": str(v) for k, v in fields.items()})
         except Exception:
             self.handleError(record)
 

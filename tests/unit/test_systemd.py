@@ -61,8 +61,8 @@ def test_one_console_line_per_record(tmp_path: Path, logger: logging.Logger) -> 
     logger.warning("yielding pod block")
     logger.error("overlay: boom")
     assert console.getvalue().splitlines() == [
-        "loopback fd00::1 on lo", "stage links -> adjacencies",
-        "warning: yielding pod block", "error: overlay: boom"]
+        "kubermesh: loopback fd00::1 on lo", "kubermesh: stage links -> adjacencies",
+        "kubermesh: warning: yielding pod block", "kubermesh: error: overlay: boom"]
 
 
 def test_an_exception_is_told_with_its_traceback(tmp_path: Path,
@@ -74,7 +74,7 @@ def test_an_exception_is_told_with_its_traceback(tmp_path: Path,
     except KeyError:
         logger.exception("unexpected")
     out = console.getvalue()
-    assert out.startswith("error: unexpected\nTraceback (most recent call last):")
+    assert out.startswith("kubermesh: error: unexpected\nTraceback (most recent call last):")
     assert out.endswith("KeyError: 'x'\n")
 
 
@@ -83,13 +83,20 @@ def test_timestamps_for_a_lab_nodes_log_file(tmp_path: Path, logger: logging.Log
     logger.addHandler(NodeLogHandler(console, str(tmp_path / "none"), timestamps=True))
     logger.info("hello")
     line = console.getvalue()
-    assert line[2] == line[5] == ":" and line[8:] == " hello\n"
+    assert line[2] == line[5] == ":" and line[8:] == " kubermesh: hello\n"
 
 
 def test_records_go_to_the_journal_with_their_fields(tmp_path: Path, logger: logging.Logger,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(journal, "send", lambda m, **kw: sent.append((m, kw)))
+
+    def sendv(*lines: str) -> None:
+        # The C call: systemd-python's own send() has already built the fields, so
+        # a value of the wrong type fails here as it would on a node.
+        fields = dict(line.split("=", 1) for line in lines)
+        sent.append((fields.pop("MESSAGE"), fields))
+
+    monkeypatch.setattr(journal, "sendv", sendv)
     sock = tmp_path / "socket"
     sock.touch()
     console = io.StringIO()
@@ -105,7 +112,9 @@ def test_records_go_to_the_journal_with_their_fields(tmp_path: Path, logger: log
     assert f1["CODE_FILE"] == __file__ and f1["CODE_FUNC"] == (
         "test_records_go_to_the_journal_with_their_fields")
     assert m2 == "mesh joined" and f2["PRIORITY"] == "5"
-    assert console.getvalue() == "warning: b: boom\nmesh joined\n"  # and the console too
+    assert f1["CODE_LINE"].isdigit()
+    assert console.getvalue() == (  # and the console too
+        "kubermesh: warning: b: boom\nkubermesh: mesh joined\n")
 
 
 def test_without_a_journal_nothing_fails(logger: logging.Logger,
@@ -113,7 +122,7 @@ def test_without_a_journal_nothing_fails(logger: logging.Logger,
     h = NodeLogHandler()  # the real socket: absent in a container, present on a node
     logger.addHandler(h)
     logger.warning("hello %d", 1, extra={"fields": {"n": 1}})
-    assert capsys.readouterr().out == "warning: hello 1\n"
+    assert capsys.readouterr().out == "kubermesh: warning: hello 1\n"
 
 
 def test_a_broken_console_does_not_raise(tmp_path: Path, logger: logging.Logger,
