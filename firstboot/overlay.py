@@ -133,6 +133,9 @@ class Routes(Controller):
         dst = _attr(msg, "RTA_DST")
         return bool(dst is not None and msg["dst_len"] == 128 and IPv6Address(dst) in self.ula)
 
+    def overflow(self) -> None:
+        self.full = True
+
     def message(self, msg: Any) -> None:
         event = msg.get("event")
         if event in ("RTM_NEWLINK", "RTM_DELLINK"):
@@ -212,6 +215,10 @@ class Overlay(Controller):
 
     def message(self, msg: Any) -> None:
         self.addresses_ok = False
+
+    def overflow(self) -> None:
+        self.addresses_ok = False
+        self.installed = None
 
     def next_run(self) -> float | None:
         # Without a block yet, look again soon: it chooses once the mesh has settled.

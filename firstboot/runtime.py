@@ -12,6 +12,7 @@ retried with backoff, and never keeps the others from running.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -33,6 +34,7 @@ RETRY_MAX = 30.0
 SETTLE = 0.02  # messages arriving this close together are one batch (a SPF run)
 BATCH_MAX = 0.2  # but a batch ends after this long: passes and watchdog pings go on
 IDLE = 30.0  # the loop wakes at least this often
+OVERFLOW = object()  # in the message queue: the kernel dropped messages
 
 
 class Controller:
@@ -60,6 +62,9 @@ class Controller:
     def next_run(self) -> float | None:
         """Seconds until it should run again if nothing wakes it (default: `period`)."""
         return self.period
+
+    def overflow(self) -> None:
+        """Netlink messages were lost: forget what they would have said."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,15 @@ class Runtime:
             self.events = self._netlink(groups)
             subscribed.set()
             while not self._stopping:
-                for msg in self.events.get():
-                    self._messages.put(msg)
+                try:
+                    for msg in self.events.get():
+                        self._messages.put(msg)
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    # The kernel dropped messages (a burst beyond the socket's
+                    # buffer): whatever they said, read everything again.
+                    self._messages.put(OVERFLOW)
                 self._wake()
         except Exception as e:  # the socket closed at stop, or netlink failed
             subscribed.set()
@@ -247,6 +259,12 @@ class Runtime:
                 return
             if isinstance(msg, Exception):
                 raise RuntimeError(f"netlink subscription failed: {msg}") from msg
+            if msg is OVERFLOW:
+                log.warning("netlink messages were lost: reading the kernel's state again")
+                for c in self.controllers:
+                    c.overflow()
+                    self.dirty.add(c.name)
+                continue
             for c in self.controllers:
                 if c.wants(msg):
                     c.message(msg)

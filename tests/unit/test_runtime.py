@@ -260,3 +260,26 @@ def test_a_woken_failing_controller_does_not_spin_the_loop() -> None:
 
 def test_retry_constants() -> None:
     assert runtime.RETRY_FIRST <= runtime.RETRY_MAX <= runtime.IDLE
+
+
+def test_lost_netlink_messages_make_every_controller_read_again() -> None:
+    """ENOBUFS from the subscription: each controller forgets what the lost
+    messages would have said (overflow) and runs in the next pass."""
+    forgot: list[str] = []
+
+    class Forgetful(Counting):
+        name = "forgetful"
+
+        def overflow(self) -> None:
+            forgot.append(self.name)
+
+    rt = Runtime(None)
+    c = Forgetful()
+    rt.add(c)
+    rt.run_pass()
+    assert c.runs == 1 and not rt.dirty
+    rt._messages.put(runtime.OVERFLOW)
+    rt._dispatch()
+    assert forgot == ["forgetful"] and "forgetful" in rt.dirty
+    rt.run_pass()
+    assert c.runs == 2
