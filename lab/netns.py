@@ -30,6 +30,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
+from firstboot.files import write_atomic
 from mesh import plan, topology
 from mesh.frr import FRR_BIN, FRR_DAEMONS, FRR_RELOAD, render_frr_conf
 from mesh.plan import HardwareIdentity, NodeIdentity
@@ -190,9 +191,7 @@ class Lab:
         return self._state
 
     def _save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(self.state.to_json())
-        tmp.replace(self.state_file)
+        write_atomic(self.state_file, self.state.to_json(), 0o644)
 
     @property
     def site(self) -> Site:
@@ -239,9 +238,8 @@ class Lab:
         self.dir.mkdir(parents=True, mode=0o711)
         try:
             site_path = self.dir / "site.toml"
-            fd = os.open(site_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(site_file.read_text() if site_file else new_site_toml(f"lab-{self.name}"))
+            write_atomic(site_path, site_file.read_text() if site_file  # its secrets: 0600
+                         else new_site_toml(f"lab-{self.name}"), 0o600)
             site = load_site(site_path)
             self._state = self._plan(topo, site, twins or {})
             self._state.agent = agent
@@ -371,14 +369,15 @@ class Lab:
         integrated config is applied the way FRR's init does, with vtysh -b."""
         d = self.node_dir(n)
         conf = d / "etc" / "frr.conf"
-        if not self.state.agent:
-            conf.write_text(render_frr_conf(site, n.identity, list(n.links),
-                                            log=f"log file {d}/frr.log informational"))
-        elif not conf.exists():  # the agent writes the real one
-            conf.write_text(f"frr defaults traditional\nlog file {d}/frr.log informational\n")
-        (d / "etc" / "vtysh.conf").write_text("service integrated-vtysh-config\n")
-        for f in ("frr.conf", "vtysh.conf"):
-            shutil.chown(d / "etc" / f, "frr", "frr")
+        if not self.state.agent:  # it holds the OSPF key: frr's only
+            write_atomic(conf, render_frr_conf(site, n.identity, list(n.links),
+                                               log=f"log file {d}/frr.log informational"),
+                         0o640, owner="frr")
+        elif not conf.exists():  # the runtime writes the real one
+            write_atomic(conf, f"frr defaults traditional\nlog file {d}/frr.log informational\n",
+                         0o640, owner="frr")
+        write_atomic(d / "etc" / "vtysh.conf", "service integrated-vtysh-config\n", 0o640,
+                     owner="frr")
         for pid in (d / "run").glob("*.pid"):
             pid.unlink()
         daemons = " && ".join(
