@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mesh import render
+from mesh.ifname import checked
 from mesh.plan import NodeIdentity
 from mesh.site import Site
 
@@ -14,7 +14,6 @@ FRR_DAEMONS = ("zebra", "ospf6d", "bfdd")
 FRR_BIN = Path("/usr/lib/frr")
 # Applies a changed frr.conf to running daemons (Debian package frr-pythontools).
 FRR_RELOAD = FRR_BIN / "frr-reload.py"
-_IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
 # A link's OSPF cost from its speed: 10 Gb/s costs 10, 1 Gb/s 100, 100 Mb/s 1000, so
 # traffic prefers fast cables over a slow short cut. (FRR's own `auto-cost
@@ -38,11 +37,9 @@ def render_frr_conf(site: Site, node: NodeIdentity, links: Sequence[str],
                     costs: Mapping[str, int] | None = None) -> str:
     """The integrated frr.conf: area 0, every link point-to-point, `lo` passive;
     each link's cost from `costs` (link_cost), else that of an unknown speed."""
-    for link in links:
-        if not _IFNAME.match(link) or link == "lo":
-            raise ValueError(f"not a mesh interface name: {link!r}")
+    names = checked(links, "mesh interface name")
     return _env.get_template("frr.conf.j2").render(
-        node=node, links=sorted(set(links)), mesh=site.mesh, secrets=site.secrets, log=log,
+        node=node, links=names, mesh=site.mesh, secrets=site.secrets, log=log,
         costs={link: (costs or {}).get(link, UNKNOWN_SPEED_COST) for link in links},
     )
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-# The same pattern as mesh/frr.py's (tests/unit/test_nft.py keeps them equal).
 IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
 

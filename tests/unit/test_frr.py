@@ -74,7 +74,7 @@ def test_no_links_still_announces_loopback(site: Site) -> None:
 @pytest.mark.parametrize("bad", ["lo", "", "a" * 16, "eth0\nrouter bgp 1", "eth 0"])
 def test_bad_interface_names_refused(site: Site, bad: str) -> None:
     node = plan.derive(HardwareIdentity("mac", "52:54:00:00:00:01"), site.mesh.ula)
-    with pytest.raises(ValueError, match="not a mesh interface"):
+    with pytest.raises(ValueError, match="not a valid mesh interface"):
         render_frr_conf(site, node, [bad])
 
 

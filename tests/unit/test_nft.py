@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from mesh import frr, ifname
 from mesh.nft import TABLE, FilterSpec, render_nftables
 
 SPECS = {
@@ -113,10 +112,6 @@ def test_bad_names_and_ports_are_refused_by_name(spec: FilterSpec, bad: str) -> 
     with pytest.raises(ValueError) as e:
         render_nftables(spec)
     assert bad in str(e.value)
-
-
-def test_interface_names_as_frr_accepts_them() -> None:
-    assert ifname.IFNAME.pattern == frr._IFNAME.pattern
 
 
 # --- nft itself, in a private network namespace
