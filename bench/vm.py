@@ -74,9 +74,17 @@ def join(args: argparse.Namespace) -> dict[str, Any]:
         ssh = {vm.name: vm.wait_ssh() + 0.0 for vm in vms}  # already up, in most cases
         analyze = {vm.name: vm.ssh("systemd-analyze time", check=False).stdout.strip()
                    for vm in vms}
+        # Where the time went, for the record: the runtime's way to ready, and its
+        # own lines since boot (monotonic seconds).
+        chain = {vm.name: vm.ssh("systemd-analyze critical-chain kubermesh-agent.service "
+                                 "frr.service", check=False).stdout.strip() for vm in vms}
+        journal = {vm.name: vm.ssh("journalctl -b -o short-monotonic --no-pager "
+                                   "-u kubermesh-agent -u frr | head -40",
+                                   check=False).stdout.strip() for vm in vms}
         return {"nodes": args.nodes, "accel": mesh.accel, "joined_s": joined,
                 "joined": summary(list(joined.values())), "ssh_wait_after_join_s": ssh,
-                "systemd_analyze": analyze, "load": os.getloadavg()}
+                "systemd_analyze": analyze, "critical_chain": chain, "journal": journal,
+                "load": os.getloadavg()}
     finally:
         mesh.close()
 

@@ -117,6 +117,7 @@ class Ospf(Controller):
         self.me = str(cfg.node.router_id)
         self.vty, self.links = vty, links
         self.view = OspfView()
+        self.answered = False  # ospf6d has answered once: from then on, silence is an error
 
     def wants(self, msg: Any) -> bool:
         """OSPF routes appear the moment an adjacency goes Full: read ospf6d then,
@@ -136,10 +137,11 @@ class Ospf(Controller):
             prefixes = json.loads(self._ask(
                 "show ipv6 ospf6 database intra-prefix detail json") or "{}")
         except VtyError as e:
-            if self.view != OspfView():
-                self.view = OspfView()
-                raise RuntimeError(f"ospf6d does not answer: {e}") from e
-            raise RuntimeError(f"ospf6d does not answer (yet): {e}") from e
+            if not self.answered:
+                return False  # FRR not started yet (it starts after the runtime's first pass)
+            self.view = OspfView()
+            raise RuntimeError(f"ospf6d does not answer: {e}") from e
+        self.answered = True
         view = parse_view(self.me, answers[0], answers[1], spf, prefixes)
         changed = view != self.view
         self.view = view
