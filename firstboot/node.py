@@ -152,11 +152,21 @@ class Links(Controller):
                 stale.unlink()
         for name, text in files.items():
             write_atomic(d / name, text, 0o644, only_if_changed=True)
+        # The runtime does not wait for networkd at boot: until it runs, the files
+        # wait for it (and a reload then makes sure it read them).
+        active = subprocess.run(["systemctl", "is-active", "--quiet", "systemd-networkd"],
+                                timeout=30, check=False).returncode == 0
+        if not active:
+            return
         r = subprocess.run(["networkctl", "reload"], capture_output=True, text=True,
                            timeout=30, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"networkctl reload: {r.stderr.strip()}")
         self.applied_networkd = files
+
+    def next_run(self) -> float | None:
+        waiting = self.cfg.paths.networkd_dir is not None and self.applied_networkd is None
+        return 2.0 if waiting else self.period
 
 
 class Frr(Controller):

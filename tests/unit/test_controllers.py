@@ -74,11 +74,12 @@ def test_links_are_physical_nics_minus_not_mesh(tmp_path: Path, sysfs: Path) -> 
 def test_not_mesh_nics_get_networkd_files(tmp_path: Path, sysfs: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
-    rc = [0]
+    rc = {"is-active": 0, "reload": 0}
 
     def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, rc[0], "", "networkd is down")
+        code = rc["is-active"] if cmd[0] == "systemctl" else rc["reload"]
+        return subprocess.CompletedProcess(cmd, code, "", "networkd is down")
 
     monkeypatch.setattr(subprocess, "run", run)
     d = tmp_path / "network"
@@ -86,20 +87,28 @@ def test_not_mesh_nics_get_networkd_files(tmp_path: Path, sysfs: Path,
     (d / f"{PREFIX}not-mesh-old0.network").write_text("stale")
     (d / "50-other.network").write_text("not ours")
     links = Links(node_config(tmp_path, not_mesh=("mgmt*",), paths={"networkd_dir": d}))
+    # networkd not running yet (the runtime does not wait for it at boot): the
+    # files are written, and reloaded into it once it runs.
+    rc["is-active"] = 3
     links.reconcile()
     assert sorted(p.name for p in d.iterdir()) == [f"{PREFIX}not-mesh-mgmt0.network",
                                                    "50-other.network"]
     assert "Name=mgmt0" in (d / f"{PREFIX}not-mesh-mgmt0.network").read_text()
-    assert calls == [["networkctl", "reload"]]
+    assert ["networkctl", "reload"] not in calls and links.next_run() == 2.0
+    rc["is-active"] = 0
+    calls.clear()
     links.reconcile()
-    assert len(calls) == 1  # unchanged: not reloaded again
+    assert calls[-1] == ["networkctl", "reload"] and links.next_run() == links.period
+    links.reconcile()
+    assert calls.count(["networkctl", "reload"]) == 1  # unchanged: not reloaded again
     fake_nic(sysfs, "mgmt1", "52:54:00:00:00:05")
-    rc[0] = 1
+    rc["reload"] = 1
     with pytest.raises(RuntimeError, match="networkctl reload: networkd is down"):
         links.reconcile()
-    rc[0] = 0
+    rc["reload"] = 0
     links.reconcile()  # retried: the files are applied once networkd takes them
-    assert len(calls) == 3 and (d / f"{PREFIX}not-mesh-mgmt1.network").exists()
+    assert calls.count(["networkctl", "reload"]) == 3
+    assert (d / f"{PREFIX}not-mesh-mgmt1.network").exists()
 
 
 def links_and_frr(tmp_path: Path, up: list[int]) -> tuple[Links, Frr]:
