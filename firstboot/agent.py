@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         rt.run_pass()
         return 0
     rt.stop_on_signals()
-    reason = rt.run(st.line)
+    # frr.service, ordered after this unit, starts once frr.conf is written.
+    reason = rt.run(st.line, ready_after="frr")
     log.info("stopped on %s", reason)
     return 0
 

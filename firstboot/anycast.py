@@ -12,10 +12,8 @@ instance no longer watched must not attract clients.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
@@ -59,6 +57,11 @@ class Probe:
 
     def check(self, timeout: float) -> str | None:
         """None if healthy, else what was wrong."""
+        # Here, not at the top: only nodes that run a service pay their import
+        # (seconds on an emulated node, where the runtime's start is on the boot's path).
+        import http.client
+        import ssl
+
         try:
             if self.scheme == "tcp":
                 socket.create_connection((self.host, self.port), timeout=timeout).close()

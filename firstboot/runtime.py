@@ -187,6 +187,13 @@ class Runtime:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
 
+    ready = False
+    _ready_after: str | None = None
+
+    def _say_ready(self, line: str) -> None:
+        notify(READY="1", STATUS=line)
+        self.ready = True
+
     def stop_on_signals(self) -> None:
         def handler(signum: int, _: FrameType | None) -> None:
             self.stop(signal.Signals(signum).name)
@@ -227,6 +234,8 @@ class Runtime:
             self.failures[c.name] = 0
             self.registry.report(c.name)
             self.due[c.name] = time.monotonic() + (c.next_run() or IDLE * 100)
+            if not self.ready and c.name == self._ready_after:
+                self._say_ready(c.name)
         self.passes += 1
         return ran
 
@@ -270,17 +279,18 @@ class Runtime:
                     c.message(msg)
                     self.dirty.add(c.name)
 
-    def run(self, status: Callable[[], str] = lambda: "") -> str:
-        """Run until stopped; returns the reason. `status()` is the STATUS= line."""
+    def run(self, status: Callable[[], str] = lambda: "", ready_after: str | None = None) -> str:
+        """Run until stopped; returns the reason. `status()` is the STATUS= line.
+        READY=1 goes once `ready_after` has run successfully (what the units
+        ordered after this one need), else after the first pass."""
         ping = watchdog_interval()
-        ready = False
+        self._ready_after = ready_after
         try:
             while not self._stopping:
                 self.run_pass()
                 line = status()
-                if not ready:
-                    notify(READY="1", STATUS=line)
-                    ready = True
+                if not self.ready:
+                    self._say_ready(line)
                 elif ping is not None:
                     notify(WATCHDOG="1", STATUS=line)
                 now = time.monotonic()

@@ -283,3 +283,34 @@ def test_lost_netlink_messages_make_every_controller_read_again() -> None:
     assert forgot == ["forgetful"] and "forgetful" in rt.dirty
     rt.run_pass()
     assert c.runs == 2
+
+
+def test_ready_once_the_named_controller_has_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY=1 as soon as `ready_after` has run (frr.service needs only frr.conf),
+    not after the whole first pass."""
+    said: list[str] = []
+
+    def notify(**fields: str) -> bool:
+        said.append(",".join(fields))
+        return True
+
+    monkeypatch.setattr(runtime, "notify", notify)
+
+    class Recording(Counting):
+        def reconcile(self) -> bool:
+            said.append(self.name)
+            return super().reconcile()
+
+    class First(Recording):
+        name = "first"
+
+    class Second(Recording):
+        name = "second"
+        period = 0.05
+
+    rt = Runtime(None)
+    rt.add(First(), Second())
+    threading.Timer(0.3, rt.stop, args=("TEST",)).start()
+    assert rt.run(ready_after="first") == "TEST"
+    assert said[:3] == ["first", "READY,STATUS", "second"], said
+    assert said.count("READY,STATUS") == 1
