@@ -78,6 +78,7 @@ class Status(Controller):
 
     name = "status"
     period = STATUS_PERIOD
+    after = ("links", "ospf", "conflicts", "routes", "overlay", "anycast", "kubelet", "filter")
 
     def __init__(self, cfg: NodeConfig, rt: Runtime, *, links: Links, ospf: Ospf,
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
@@ -88,8 +89,6 @@ class Status(Controller):
         self.stage = Stage.BOOTING
         self.joined = 0  # the number of other nodes last reported all routed
         self.last: NodeStatus | None = None
-
-    after = ("links", "ospf", "conflicts", "routes", "overlay", "anycast", "kubelet", "filter")
 
     def resume(self) -> None:
         """Take up from the status an earlier run left (it restarted, the node did not)."""

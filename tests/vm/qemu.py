@@ -160,7 +160,8 @@ class VM:
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
             "-drive", f"if=none,id=disk,format=raw,file={self.disk}",
             "-device", "virtio-blk-pci,drive=disk,bootindex=1",
-            "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            # restrict=on: no packet leaves the guest (hostfwd still reaches its sshd).
+            "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}",
             "-device", "virtio-rng-pci",
             "-serial", f"file:{self.console}",
