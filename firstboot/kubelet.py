@@ -24,7 +24,7 @@ KUBELET_UNIT = "kubermesh-kubelet.service"
 
 def kubelet_paths(cfg: NodeConfig) -> kubelet.KubeletPaths:
     p = cfg.paths
-    return kubelet.KubeletPaths(run_dir=p.kubelet_run_dir, kubelet_dir=p.kubelet_dir,
+    return kubelet.KubeletPaths(run_dir=p.run_dir, kubelet_dir=p.kubelet_dir,
                                 ca_file=p.ca_file, cni_conf_dir=p.cni_conf_dir)
 
 

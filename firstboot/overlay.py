@@ -205,16 +205,12 @@ class Overlay(Controller):
 
     def wants(self, msg: Any) -> bool:
         # Addresses removed from lo (ours, by hand) and link changes; not our own adds.
-        event = msg.get("event")
-        if event == "RTM_DELADDR":
-            return True
-        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-            self.installed = None  # routes over a downed link went with it
-            return True
-        return False
+        return msg.get("event") in ("RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK")
 
     def message(self, msg: Any) -> None:
         self.addresses_ok = False
+        if msg.get("event") != "RTM_DELADDR":
+            self.installed = None  # routes over a downed link went with it
 
     def overflow(self) -> None:
         self.addresses_ok = False

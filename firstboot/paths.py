@@ -49,11 +49,6 @@ class NodePaths:
         """The node's CNI network (containerd's conf_dir)."""
         return self.run_dir / "cni" / "net.d"
 
-    @property
-    def kubelet_run_dir(self) -> Path:
-        """containerd/ and kubelet/ configuration rendered from the site and pod block."""
-        return self.run_dir
-
     @classmethod
     def under(cls, d: Path, frr_run: Path, site: Path) -> NodePaths:
         """A lab node: everything it writes under `d`, no networkd, no hostname."""
