@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,10 @@ class Links(Controller):
         self.cfg = cfg
         self.links: tuple[Link, ...] = ()
         self.not_mesh: tuple[str, ...] = ()
-        self.applied_networkd: dict[str, str] | None = None
+        self.applied_networkd: dict[str, str] | None = None  # and taken by networkd
+        self.reloaded_networkd: dict[str, str] | None = None
+        self.confirmed: set[str] = set()  # not-mesh NICs networkd configures from our file
+        self.nudged: dict[str, float] = {}  # NIC -> when it was last reconfigured
 
     def wants(self, msg: Any) -> bool:
         return msg.get("event") in ("RTM_NEWLINK", "RTM_DELLINK")
@@ -158,15 +162,57 @@ class Links(Controller):
                                 timeout=30, check=False).returncode == 0
         if not active:
             return
-        r = subprocess.run(["networkctl", "reload"], capture_output=True, text=True,
-                           timeout=30, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"networkctl reload: {r.stderr.strip()}")
-        self.applied_networkd = files
+        if files != self.reloaded_networkd:
+            _networkctl("reload")
+            self.reloaded_networkd = files
+        # Read back which file networkd configured each NIC from: a NIC renamed
+        # or enumerated while the files changed can keep the mesh default.
+        waiting = [nic for nic in self.not_mesh
+                   if not self._taken(nic, d / networkd.not_mesh_file(nic))]
+        if not waiting:
+            self.applied_networkd = files
+
+    def _taken(self, nic: str, file: Path) -> bool:
+        """Whether networkd configures nic from file; nudges it when it settled on another."""
+        state = self._link_state(nic)
+        if state.network_file == str(file):
+            if nic not in self.confirmed:
+                self.confirmed.add(nic)
+                log.info("%s is not a mesh link: networkd configures it (DHCP) from %s",
+                         nic, file.name, extra={"fields": {"link": nic}})
+            return True
+        self.confirmed.discard(nic)
+        if state.admin_state in networkd.SETTLED:
+            now = time.monotonic()
+            if now - self.nudged.get(nic, -NUDGE_EVERY) >= NUDGE_EVERY:
+                log.warning("networkd configured %s from %s, not %s: reconfiguring it", nic,
+                            state.network_file or "no file", file.name,
+                            extra={"fields": {"link": nic}})
+                self.nudged[nic] = now
+                _networkctl("reconfigure", nic)
+        return False
+
+    def _link_state(self, nic: str) -> networkd.LinkState:
+        try:
+            index = (self.cfg.paths.sysfs / "class/net" / nic / "ifindex").read_text().strip()
+            return networkd.parse_link_state(
+                (self.cfg.paths.networkd_state / index).read_text())
+        except FileNotFoundError:  # the NIC is gone, or networkd has not seen it yet
+            return networkd.LinkState()
 
     def next_run(self) -> float | None:
         waiting = self.cfg.paths.networkd_dir is not None and self.applied_networkd is None
         return 2.0 if waiting else self.period
+
+
+NUDGE_EVERY = 10.0  # s between two `networkctl reconfigure` of one NIC
+
+
+def _networkctl(*args: str) -> None:
+    r = subprocess.run(["networkctl", *args], capture_output=True, text=True, timeout=30,
+                       check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"networkctl {' '.join(args)}: {r.stderr.strip()}")
 
 
 class Frr(Controller):

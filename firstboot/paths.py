@@ -21,6 +21,7 @@ class NodePaths:
     credentials: tuple[Path, ...] = (SYSTEM_CREDENTIALS,)  # kubermesh.not_mesh, .anycast
     frr_run: Path = Path("/run/frr")  # ospf6d's and zebra's vty sockets, pid files
     kubelet_binary: Path = Path("/usr/bin/kubelet")
+    networkd_state: Path = Path("/run/systemd/netif/links")  # which .network each link took
     # Written
     run_dir: Path = Path("/run/kubermesh")
     frr_conf_dir: Path = Path("/etc/frr")  # frr.conf (0640 frr: the OSPF key); /etc/frr

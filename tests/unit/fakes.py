@@ -46,7 +46,9 @@ def node_config(tmp_path: Path, site: Site | None = None, router_id: IPv4Address
 def fake_nic(sysfs: Path, name: str, mac: str, physical: bool = True, perm: bool = True,
              carrier: bool = True, speed: int | None = None) -> None:
     d = sysfs / "class" / "net" / name
-    d.mkdir(parents=True, exist_ok=True)
+    if not d.exists():
+        d.mkdir(parents=True)
+        (d / "ifindex").write_text(f"{len(list(d.parent.iterdir())) + 1}\n")
     (d / "address").write_text(mac + "\n")
     (d / "addr_assign_type").write_text("0\n" if perm else "3\n")
     (d / "carrier").write_text("1\n" if carrier else "0\n")

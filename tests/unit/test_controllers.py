@@ -75,6 +75,13 @@ def test_not_mesh_nics_get_networkd_files(tmp_path: Path, sysfs: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
     rc = {"is-active": 0, "reload": 0}
+    netif = tmp_path / "netif"
+    netif.mkdir()
+
+    def networkd_took(nic: str, file: str, state: str = "configured") -> None:
+        index = (sysfs / "class/net" / nic / "ifindex").read_text().strip()
+        (netif / index).write_text(f"ADMIN_STATE={state}\nOPER_STATE=routable\n"
+                                   f"NETWORK_FILE={file}\n")
 
     def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         calls.append(cmd)
@@ -86,7 +93,9 @@ def test_not_mesh_nics_get_networkd_files(tmp_path: Path, sysfs: Path,
     d.mkdir()
     (d / f"{PREFIX}not-mesh-old0.network").write_text("stale")
     (d / "50-other.network").write_text("not ours")
-    links = Links(node_config(tmp_path, not_mesh=("mgmt*",), paths={"networkd_dir": d}))
+    links = Links(node_config(tmp_path, not_mesh=("mgmt*",),
+                              paths={"networkd_dir": d, "networkd_state": netif}))
+    ours = str(d / f"{PREFIX}not-mesh-mgmt0.network")
     # networkd not running yet (the runtime does not wait for it at boot): the
     # files are written, and reloaded into it once it runs.
     rc["is-active"] = 3
@@ -98,17 +107,37 @@ def test_not_mesh_nics_get_networkd_files(tmp_path: Path, sysfs: Path,
     rc["is-active"] = 0
     calls.clear()
     links.reconcile()
-    assert calls[-1] == ["networkctl", "reload"] and links.next_run() == links.period
+    assert calls[-1] == ["networkctl", "reload"]
+    # Read back: until networkd says it configures mgmt0 from our file, the
+    # controller keeps looking; while the link is pending it only waits.
+    assert links.next_run() == 2.0
+    networkd_took("mgmt0", "", state="pending")
     links.reconcile()
     assert calls.count(["networkctl", "reload"]) == 1  # unchanged: not reloaded again
+    assert ["networkctl", "reconfigure", "mgmt0"] not in calls
+    # It settled on the mesh default (e.g. renamed while the files changed): nudged,
+    # once per NUDGE_EVERY, however often the controller runs.
+    networkd_took("mgmt0", "/usr/lib/systemd/network/80-kubermesh-mesh.network")
+    links.reconcile()
+    links.reconcile()
+    assert calls.count(["networkctl", "reconfigure", "mgmt0"]) == 1
+    assert links.next_run() == 2.0
+    networkd_took("mgmt0", ours, state="configuring")
+    links.reconcile()
+    assert links.next_run() == links.period and "mgmt0" in links.confirmed
+    calls.clear()
+    links.reconcile()
+    assert calls == []  # applied and taken: nothing to do
     fake_nic(sysfs, "mgmt1", "52:54:00:00:00:05")
     rc["reload"] = 1
     with pytest.raises(RuntimeError, match="networkctl reload: networkd is down"):
         links.reconcile()
     rc["reload"] = 0
+    networkd_took("mgmt1", str(d / f"{PREFIX}not-mesh-mgmt1.network"))
     links.reconcile()  # retried: the files are applied once networkd takes them
-    assert calls.count(["networkctl", "reload"]) == 3
+    assert calls.count(["networkctl", "reload"]) == 2
     assert (d / f"{PREFIX}not-mesh-mgmt1.network").exists()
+    assert links.applied_networkd is not None and links.next_run() == links.period
 
 
 def links_and_frr(tmp_path: Path, up: list[int]) -> tuple[Links, Frr]:

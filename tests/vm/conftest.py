@@ -70,7 +70,7 @@ def _victim(image: Image) -> str:
 
 
 @pytest.fixture(scope="session")
-def guests(image: Image) -> Iterator[Guests]:
+def guests(image: Image, request: pytest.FixtureRequest) -> Iterator[Guests]:
     mesh = Mesh(image.raw)
     try:
         a, b, c, d = (mesh.vm(n) for n in "abcd")
@@ -95,7 +95,10 @@ def guests(image: Image) -> Iterator[Guests]:
         yield Guests(mesh, a, b, c, d, twin, c_d, d_twin, corrupted, "/" + victim,
                      offset + inside)
     finally:
-        mesh.close()
+        # A failed test leaves the guests' consoles behind, and says where.
+        kept = mesh.close(keep_logs=request.session.testsfailed > 0)
+        if kept is not None:
+            print(f"\nVM consoles kept in {kept}")
 
 
 class _Limited:

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from tests.vm.qemu import VM, Nic, free_port, kvm_works, poll
 
+KEPT_LOGS = Path("/var/tmp/kubermesh-vm-logs")  # a failed test's consoles
 DISK_SIZE = 4 << 30  # the stick the image is written to: room for /var
 MEMORY_MIB = 1024
 
@@ -110,13 +112,22 @@ class Mesh:
             if v.alive():
                 v.set_link(nic.netdev, up)
 
-    def close(self) -> None:
+    def close(self, keep_logs: bool = False) -> Path | None:
+        """Stop every VM and remove the work directory. `keep_logs` (a test failed):
+        first copy the consoles and QEMU's logs under KEPT_LOGS; returns where."""
         for v in self.vms.values():
             v.stop()
+        kept = None
+        if keep_logs:
+            kept = KEPT_LOGS / f"{self.work.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            kept.mkdir(parents=True, mode=0o700)
+            for f in sorted(self.work.glob("*.log")):
+                shutil.copyfile(f, kept / f.name)
         if os.environ.get("KUBERMESH_KEEP_VM_DIR"):
             print(f"VM files kept in {self.work}")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
+        return kept
 
 
 def status(vm: VM) -> dict[str, Any]:

@@ -245,8 +245,17 @@ class VM:
         try:
             poll(f"SSH on {self.name}", self._ssh_ready, timeout, every=3.0)
         except TimeoutError as e:
-            raise TimeoutError(f"{e}; console tail:\n{self.console_tail()}") from None
+            raise TimeoutError(f"{e}; QEMU's user network (hostfwd, DHCP):\n"
+                               f"{self.usernet()}\nconsole tail:\n{self.console_tail()}"
+                               ) from None
         return time.monotonic() - start
+
+    def usernet(self) -> str:
+        """QEMU's view of the management NIC: did the guest take a DHCP lease?"""
+        try:
+            return str(self.qmp("human-monitor-command", **{"command-line": "info usernet"}))
+        except (OSError, RuntimeError) as e:  # QEMU gone, or QMP refused
+            return f"(QMP: {e})"
 
     def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> str:
         """Wait until systemd has finished starting up; returns its state."""
