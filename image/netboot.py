@@ -29,8 +29,16 @@ def netboot_cmdline(root: VerityRoot) -> str:
         "root=/dev/mapper/root", "rootfstype=squashfs", "ro", *COMMON))
 
 
+def cpio_padding(size: int) -> bytes:
+    """NULs after an initrd of `size` bytes so that an archive appended to it starts on
+    a 4-byte boundary: the kernel looks for the next cpio magic only there, and
+    otherwise stops with "Initramfs unpacking failed: invalid magic"."""
+    return b"\0" * (-size % 4)
+
+
 def netboot_initrd(log: Log, work: Path, initrd: Path, root: VerityRoot, out: Path) -> Path:
-    """The disk initrd followed by an uncompressed cpio holding the root."""
+    """The disk initrd, padded to 4 bytes, followed by an uncompressed cpio holding
+    the root."""
     staging = work / "netroot"
     (staging / "kubermesh").mkdir(parents=True, exist_ok=True)
     for src, dst in ((root.squashfs, DATA), (root.verity, HASH)):
@@ -40,7 +48,9 @@ def netboot_initrd(log: Log, work: Path, initrd: Path, root: VerityRoot, out: Pa
     log.write(f"$ cpio -o -H newc > {out}")
     names = "kubermesh\nkubermesh/root.squashfs\nkubermesh/root.verity\n"
     with out.open("wb") as f:
-        f.write(initrd.read_bytes())
+        head = initrd.read_bytes()
+        f.write(head + cpio_padding(len(head)))
+        f.flush()  # cpio writes to the same file descriptor after it
         try:
             proc = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
                                   input=names.encode(), stdout=f, cwd=staging, check=False)

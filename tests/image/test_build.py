@@ -12,6 +12,7 @@ import pytest
 from image import build, kubernetes, manifest, netboot, tree, uki
 from image.errors import BuildError
 from image.root import VerityRoot
+from image.run import Log
 from mesh import site as sitefile
 
 HASH = "93a6ad286f4abdd02d3012411b922adfb0f70a42731e387dd317699405ff79a1"
@@ -151,3 +152,22 @@ def test_the_lab_is_not_installed_in_the_image(tmp_path: Path,
     assert installed == {"kubermesh": "0.1.0", "pyroute2": "0.9.7"}
     assert sorted(p.name for p in site_packages.iterdir()) == [
         "firstboot", "image", "kubermesh", "mesh"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 4097, 4098, 4099])
+def test_the_appended_root_cpio_starts_on_a_4_byte_boundary(tmp_path: Path, size: int) -> None:
+    """Whatever the initrd's size, the kernel finds the root archive's magic after it."""
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(b"\x28\xb5\x2f\xfd" * (size // 4) + b"z" * (size % 4))
+    (tmp_path / "root.squashfs").write_bytes(b"squash" * 100)
+    (tmp_path / "root.verity").write_bytes(b"verity" * 10)
+    root = VerityRoot(tmp_path / "root.squashfs", tmp_path / "root.verity", HASH)
+    out = netboot.netboot_initrd(Log(tmp_path / "build.log"), tmp_path / "work", initrd, root,
+                                 tmp_path / "initrd-netboot.img")
+    data = out.read_bytes()
+    start = -(-size // 4) * 4
+    assert data[:size] == initrd.read_bytes() and data[size:start] == b"\0" * (start - size)
+    assert data[start:start + 6] == b"070701"  # newc magic, where the kernel looks
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=data[start:], capture_output=True,
+                             check=True).stdout.decode().split()
+    assert sorted(listing) == ["kubermesh", "kubermesh/root.squashfs", "kubermesh/root.verity"]
