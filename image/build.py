@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from firstboot.files import write_atomic
-from image import disk, initrd, kubernetes, manifest, netboot, root, tree, uki
+from image import disk, initrd, kubernetes, manifest, netboot, root, sign, tree, uki
 from image import site as sitefile
 from image.errors import BuildError, say, step
 from image.run import Log
+from mesh.site import Site
 
 T = TypeVar("T")
 
@@ -81,7 +82,7 @@ def build(opts: Options) -> Path:
     # only: the artifacts carry the site's secrets (see _publish).
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        result = _build(log, src, work, cache, version, site_text, site.name, generated, k8s)
+        result = _build(log, src, work, cache, version, site_text, site, generated, k8s)
         _publish(result, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -91,7 +92,7 @@ def build(opts: Options) -> Path:
 
 
 def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, site_text: str,
-           site_name: str, generated: bool, k8s: kubernetes.Source) -> Path:
+           site: Site, generated: bool, k8s: kubernetes.Source) -> Path:
     times: dict[str, float] = {}
     t = work / "tree"
     dist = work / "output"
@@ -109,7 +110,7 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
                         lambda: kubernetes.install(log, t, k8s, cache / "mkosi"), times)
     units = _timed("Installing units and presets", lambda: tree.install_units(log, src, t), times)
     tree.tune_frr(t)
-    _timed("Baking in the site", lambda: tree.bake_site(t, site_text), times)
+    tree.link_site(t)
     tree.write_os_release(t, version)
     kver, vmlinuz = tree.kernel(t)
     initrd_img = _timed(f"Building the initrd (dracut, kernel {kver})",
@@ -126,22 +127,37 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
     efi = _timed("Building the UKI", lambda: uki.build_uki(
         log, work, dist / UKI, os_release=os_release, cmdline=uki.disk_cmdline(vroot),
         kernel=vmlinuz, initrd=initrd_img), times)
+    _timed("Signing the UKI with the site's boot key (sbsign)",
+           lambda: sign.sign(log, work, site, efi), times)
     esp = _timed("Building the ESP", lambda: disk.esp(log, efi, work / "esp.img"), times)
-    raw = _timed("Laying out the GPT disk (systemd-repart)",
-                 lambda: disk.gpt_disk(log, work, esp, vroot, dist / RAW), times)
+
+    nb_initrd = work / "initrd-netboot.img"
 
     def netboot_uki() -> Path:
-        nb_initrd = netboot.netboot_initrd(log, work, initrd_img, vroot,
-                                           work / "initrd-netboot.img")
-        return uki.build_uki(log, work, dist / NETBOOT_UKI, os_release=os_release,
+        netboot.netboot_initrd(log, work, initrd_img, vroot, nb_initrd)
+        made = uki.build_uki(log, work, dist / NETBOOT_UKI, os_release=os_release,
                              cmdline=netboot.netboot_cmdline(vroot), kernel=vmlinuz,
                              initrd=nb_initrd)
-    nb = _timed("Building the netboot UKI (root inside)", netboot_uki, times)
+        return sign.sign(log, work, site, made)
+    nb = _timed("Building and signing the netboot UKI (root inside)", netboot_uki, times)
+    for artifact in (efi, nb):
+        sign.verify(log, work, site, artifact)
+    recipe = _timed("Writing the netboot recipe (what a node serves, from its own disk)",
+                    lambda: netboot.make_recipe(log, nb, initrd_img, nb_initrd, efi, esp, vroot),
+                    times)
+    recipe_part = disk.recipe_blob(recipe, work / "netboot.part")
+
+    site_part = disk.site_blob(site_text, work / "site.part")
+    raw = _timed("Laying out the GPT disk (systemd-repart)",
+                 lambda: disk.gpt_disk(log, work, esp, vroot, site_part, recipe_part,
+                                       dist / RAW), times)
+    os.chmod(raw, 0o600)  # the stick's site partition holds the site's secrets
 
     def finish() -> None:
         sizes = {
             "raw": raw.stat().st_size, "uki": efi.stat().st_size,
             "netboot_uki": nb.stat().st_size, "esp": esp.stat().st_size,
+            "netboot_recipe": recipe_part.stat().st_size,
             "root_squashfs": squashfs.stat().st_size, "root_verity": vroot.verity.stat().st_size,
             "kernel": vmlinuz.stat().st_size, "initrd": initrd_img.stat().st_size,
             "tree_largest_dirs": top,
@@ -157,7 +173,8 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
             "kubernetes": {"source": k8s.kind, "components": components or "none",
                            **({"why_none": k8s.reason} if not components else {}),
                            "warnings": list(k8s.warnings)},
-            "site": manifest.site_fingerprint(site_text, site_name, generated),
+            "site": manifest.site_fingerprint(site_text, site.name, generated,
+                                              site.boot.certificate),
             "units": units,
             "sizes": sizes, "step_seconds": times,
             "packages": {"debian": packages, "python": python},

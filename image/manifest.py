@@ -18,10 +18,12 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def site_fingerprint(text: str, name: str, generated: bool) -> dict[str, Any]:
-    """Identifies the baked-in site without revealing it: a hash, never the secrets."""
+def site_fingerprint(text: str, name: str, generated: bool, boot_certificate: str
+                     ) -> dict[str, Any]:
+    """Identifies the baked-in site without revealing it: a hash, never the secrets;
+    and the (public) certificate its UKIs are signed for."""
     return {"name": name, "sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "demo": generated}
+            "demo": generated, "boot_certificate": boot_certificate}
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -9,12 +9,15 @@ in memory (about the squashfs' size), which a node with a disk does not pay.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 from pathlib import Path
 
+from firstboot import netboot
 from image.errors import BuildError
 from image.root import VerityRoot
-from image.run import Log
+from image.run import Log, run
 from image.uki import COMMON
 
 # Where the root files sit in the netboot initrd, and the loop devices the
@@ -60,3 +63,84 @@ def netboot_initrd(log: Log, work: Path, initrd: Path, root: VerityRoot, out: Pa
     if proc.returncode != 0:
         raise BuildError(f"cpio exited with status {proc.returncode}")
     return out
+
+
+def newc_entries(data: bytes, start: int = 0) -> dict[str, tuple[int, int]]:
+    """name -> (offset of its data, size) of each file of a newc cpio in data[start:]."""
+    entries: dict[str, tuple[int, int]] = {}
+    at = start
+    while data[at:at + 6] == b"070701":
+        size = int(data[at + 54:at + 62], 16)
+        namesize = int(data[at + 94:at + 102], 16)
+        name = data[at + 110:at + 110 + namesize - 1].decode()
+        body = at + 110 + namesize
+        body += -body % 4
+        if name == "TRAILER!!!":
+            break
+        entries[name] = (body, size)
+        at = body + size
+        at += -at % 4
+    return entries
+
+
+def sections(log: Log, efi: Path) -> dict[str, tuple[int, int]]:
+    """PE section name -> (file offset, size), from objdump."""
+    out = run(log, ["objdump", "-h", efi], capture=True)
+    found = {}
+    for m in re.finditer(r"^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+)\s",
+                         out, re.MULTILINE):
+        found[m.group(1)] = (int(m.group(3), 16), int(m.group(2), 16))
+    return found
+
+
+def _find(haystack: Path, needle: bytes) -> int:
+    """Where needle starts in the file haystack (-1 if nowhere)."""
+    return haystack.read_bytes().find(needle)
+
+
+def make_recipe(log: Log, signed: Path, initrd: Path, netboot_initrd: Path, disk_uki: Path,
+                esp_image: Path, root: VerityRoot) -> netboot.Recipe:
+    """The recipe of the signed netboot UKI: its kernel and initrd from the ESP's UKI,
+    its root and verity from their partitions, the rest (headers, command line,
+    cpio headers, signature: a few KiB) inline. Checked by assembling it."""
+    nb = sections(log, signed)
+    initrd_off = nb[".initrd"][0]
+    layout = newc_entries(netboot_initrd.read_bytes(), initrd.stat().st_size
+                          + len(cpio_padding(initrd.stat().st_size)))
+    regions: list[tuple[int, netboot.Segment]] = []
+    for name, kind, src in ((DATA, "root", root.squashfs), (HASH, "verity", root.verity)):
+        offset, size = layout[name.lstrip("/")]
+        if size != src.stat().st_size:
+            raise BuildError(f"the netboot initrd's {name} is not {src.name}")
+        regions.append((initrd_off + offset, netboot.Segment(kind, 0, size)))
+    # The kernel and the initrd, where the ESP holds them inside the disk's UKI.
+    uki = sections(log, disk_uki)
+    uki_head = disk_uki.read_bytes()[:1 << 16]
+    base = _find(esp_image, uki_head)
+    if base >= 0:
+        for section, length in ((".linux", nb[".linux"][1]),
+                                (".initrd", initrd.stat().st_size)):
+            regions.append((nb[section][0], netboot.Segment("esp", base + uki[section][0],
+                                                            length)))
+    else:
+        log.write("the UKI is not contiguous on the ESP: the recipe holds the kernel and initrd")
+    segments: list[netboot.Segment] = []
+    literal = bytearray()
+    data = signed.read_bytes()
+    at = 0
+    for offset, seg in sorted(regions, key=lambda r: r[0]):
+        if offset > at:
+            segments.append(netboot.Segment("literal", len(literal), offset - at))
+            literal += data[at:offset]
+        segments.append(seg)
+        at = offset + seg.length
+    if at < len(data):
+        segments.append(netboot.Segment("literal", len(literal), len(data) - at))
+        literal += data[at:]
+    recipe = netboot.Recipe(len(data), hashlib.sha256(data).hexdigest(), tuple(segments),
+                            bytes(literal))
+    sources = {"esp": esp_image, "root": root.squashfs, "verity": root.verity}
+    if netboot.assemble(recipe, sources, lambda _: None) != recipe.sha256:
+        raise BuildError("the netboot recipe does not rebuild the netboot UKI",
+                         hint="a bug: the build log has the sections it used")
+    return recipe

@@ -12,13 +12,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from firstboot.files import write_atomic
 from image.errors import BuildError
 from image.run import Log, nspawn, run
 
 # The venv holding the project's code and its pinned dependencies in the image.
 VENV = "/usr/lib/kubermesh"
 SITE_PATH = "etc/kubermesh/site.toml"
+RUN_SITE = "/run/kubermesh/site.toml"  # units/dracut/kubermesh-sysroot.sh writes it
 # Packages of the project's wheel that no node runs, left out of the image: the
 # lab (network namespaces for the tests, benchmarks and `kubermesh lab`).
 NOT_SHIPPED = ("lab",)
@@ -238,11 +238,13 @@ def make_immutable(log: Log, tree: Path) -> None:
     (tree / "var").mkdir(mode=0o755)
 
 
-def bake_site(tree: Path, site_text: str) -> None:
-    """The site file, readable by root only: it holds the site's secrets."""
+def link_site(tree: Path) -> None:
+    """/etc/kubermesh/site.toml points into RAM, where the initrd puts the site from
+    the disk's site partition (image/disk.py); the root itself holds no secret."""
     path = tree / SITE_PATH
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    write_atomic(path, site_text, 0o600, owner="root")
+    path.unlink(missing_ok=True)
+    path.symlink_to(RUN_SITE)
 
 
 def debian_packages(log: Log, tree: Path) -> dict[str, str]:

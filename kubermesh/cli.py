@@ -82,6 +82,13 @@ def parser() -> argparse.ArgumentParser:
     check = ssub.add_parser("check", help="validate a site file")
     check.add_argument("path", type=Path)
     check.set_defaults(func=site_check)
+    cert = ssub.add_parser("boot-cert", help="export the site's boot certificate, for "
+                           "enrolling in PCs' firmware (UEFI db) before turning Secure Boot on")
+    cert.add_argument("path", type=Path, help="the site file")
+    cert.add_argument("--der", type=Path, metavar="FILE",
+                      help="write it DER-encoded to FILE (what firmware setup menus read) "
+                           "instead of PEM to standard output")
+    cert.set_defaults(func=site_boot_cert)
 
     sub.add_parser("agent", help="the node runtime (see `kubermesh agent --help`)")
     wait = sub.add_parser("wait", help="until this node reaches a stage (for units' ordering)")
@@ -212,6 +219,17 @@ def site_check(args: argparse.Namespace) -> None:
     say(f"{args.path}: valid site {s.name!r}: ULA {s.mesh.ula}, pods {s.pods.range} "
         f"({s.pods.blocks} blocks of /{s.pods.block_prefix}), services {s.services.range}, "
         f"anycast {', '.join(f'{k}={v}' for k, v in s.anycast.items())}")
+
+
+def site_boot_cert(args: argparse.Namespace) -> None:
+    check_private(args.path)
+    s = sitefile.load_site(args.path)
+    if args.der is None:
+        sys.stdout.write(s.boot.certificate)
+        return
+    der = sitefile.certificate_der(s.boot.certificate)
+    write_atomic(args.der, der, 0o644)  # public: it is the certificate, not the key
+    say(f"wrote {args.der}: the boot certificate of site {s.name!r}, DER ({len(der)} bytes)")
 
 
 def _lab(args: argparse.Namespace) -> Lab:

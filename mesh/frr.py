@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mesh import render
 from mesh.ifname import checked
-from mesh.plan import NodeIdentity
+from mesh.plan import NodeIdentity, provisioning_range
 from mesh.site import Site
 
 FRR_DAEMONS = ("zebra", "ospf6d", "bfdd")
@@ -40,6 +40,7 @@ def render_frr_conf(site: Site, node: NodeIdentity, links: Sequence[str],
     names = checked(links, "mesh interface name")
     return _env.get_template("frr.conf.j2").render(
         node=node, links=names, mesh=site.mesh, secrets=site.secrets, log=log,
+        provisioning=provisioning_range(site.mesh.ula),
         costs={link: (costs or {}).get(link, UNKNOWN_SPEED_COST) for link in links},
     )
 

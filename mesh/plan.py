@@ -7,6 +7,8 @@ Layout of the site's ULA /48 (16-bit subnet id, then 64-bit interface id):
     <ula>:0000::/64   node loopbacks, interface id = 64 bits of the node hash
     <ula>:0001::/64   anycast service addresses (site file)
     <ula>:0002::/64   reserved for IPv4 pod blocks embedded in IPv6 prefixes
+    <ula>:8000::/49   provisioning: a /64 per (node, link) on which the node serves a
+                      neighbour that is not a member yet (netboot); never routed
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 LOOPBACK_SUBNET = 0x0000
 ANYCAST_SUBNET = 0x0001
 POD_BLOCK_SUBNET = 0x0002
+PROVISIONING_SUBNETS = 0x8000  # subnet ids 0x8000-0xffff
 
 # DMI product UUIDs that firmware vendors ship unset or shared by every board.
 BOGUS_UUIDS = frozenset({
@@ -79,6 +82,19 @@ def anycast_subnet(ula: IPv6Network) -> IPv6Network:
 
 def loopback_subnet(ula: IPv6Network) -> IPv6Network:
     return subnet(ula, LOOPBACK_SUBNET)
+
+
+def provisioning_range(ula: IPv6Network) -> IPv6Network:
+    """Every provisioning /64 of the site: kept out of OSPFv3 (mesh/frr.py)."""
+    return IPv6Network((int(subnet(ula, PROVISIONING_SUBNETS).network_address), 49))
+
+
+def provisioning_prefix(ula: IPv6Network, node_id: str, link: str) -> IPv6Network:
+    """The /64 a node serves a newcomer from on one of its links (RAs, DHCPv6).
+    Only that link uses it and it is never announced, so two nodes that happen to
+    draw the same one do not disturb each other."""
+    h = hashlib.sha256(f"kubermesh-provisioning\0{node_id}\0{link}".encode()).digest()
+    return subnet(ula, PROVISIONING_SUBNETS | int.from_bytes(h[:2], "big") & 0x7FFF)
 
 
 def derive(identity: HardwareIdentity, ula: IPv6Network) -> NodeIdentity:

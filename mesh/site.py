@@ -7,6 +7,7 @@ random secrets and sensible defaults.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 import secrets
@@ -17,6 +18,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from mesh import plan
 
@@ -70,10 +76,16 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class BootSettings:
+    certificate: str  # PEM: the certificate PCs' firmware enrolls (UEFI db)
+
+
+@dataclass(frozen=True)
 class Secrets:
     ospf_key_id: int
     ospf_key: str
     bootstrap_token: str
+    boot_key: str  # PEM: the private key that signs every UKI of the site's images
 
     def __repr__(self) -> str:  # never print secrets by accident
         return "Secrets(<redacted>)"
@@ -86,6 +98,7 @@ class Site:
     pods: PodSettings
     services: ServiceSettings
     anycast: Mapping[str, IPv6Address]
+    boot: BootSettings
     secrets: Secrets = field(repr=False)
 
 
@@ -123,6 +136,28 @@ def _secret(pattern: re.Pattern[str], hint: str) -> Callable[[Any], str]:
         return v
 
     return parse
+
+
+def _certificate(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a PEM certificate, got {_kind(v)}")
+    try:
+        x509.load_pem_x509_certificate(v.encode())
+    except ValueError:
+        raise ValueError("not a PEM X.509 certificate (BEGIN CERTIFICATE)") from None
+    return v
+
+
+def _private_key(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a PEM private key, got {_kind(v)}")
+    try:
+        key = serialization.load_pem_private_key(v.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError("not an unencrypted PEM private key") from None  # never echo it
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+        raise ValueError("not an RSA key of 2048 bits or more (what UEFI firmware checks)")
+    return v
 
 
 def _globs(v: Any) -> tuple[str, ...]:
@@ -223,6 +258,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
             _secret(BOOTSTRAP_TOKEN, "a Kubernetes bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})"),
             _REQUIRED,
         ),
+        "boot_key": (_private_key, _REQUIRED),
+    },
+    "boot": {
+        "certificate": (_certificate, _REQUIRED),
     },
 }
 TOP_LEVEL = {"version", "name", *SCHEMA, "anycast"}
@@ -289,6 +328,7 @@ def parse_site(data: Mapping[str, Any], source: str = "site") -> Site:
         pods=PodSettings(**values["pods"]),
         services=ServiceSettings(**values["services"]),
         anycast=anycast,
+        boot=BootSettings(**values["boot"]),
         secrets=Secrets(**values["secrets"]),
     )
     problems = _cross_checks(site)
@@ -326,6 +366,10 @@ def _cross_checks(site: Site) -> list[str]:
         )
     if pods.range.overlaps(svc.range):
         problems.append(f"services.range: {svc.range} overlaps pods.range {pods.range}")
+    cert = x509.load_pem_x509_certificate(site.boot.certificate.encode())
+    key = serialization.load_pem_private_key(site.secrets.boot_key.encode(), password=None)
+    if cert.public_key() != key.public_key():
+        problems.append("boot.certificate: not the certificate of secrets.boot_key")
     seen: dict[IPv6Address, str] = {}
     for name, addr in site.anycast.items():
         if addr not in m.ula:
@@ -368,12 +412,37 @@ def _random_string(length: int, alphabet: str) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
+def new_boot_key(name: str) -> tuple[str, str]:
+    """A fresh boot-signing key and its self-signed certificate (PEM), for 10 years.
+    RSA 2048 with SHA-256: what every UEFI firmware's db verifies."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Kubermesh boot key: {name}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CODE_SIGNING]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def certificate_der(pem: str) -> bytes:
+    """A PEM certificate in DER, the form firmware setup menus and KeyTool enroll."""
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+
+
 def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE,
                   service_range: IPv4Network = DEFAULT_SERVICE_RANGE) -> str:
     """A fresh, commented site file with random ULA and secrets."""
     ula = random_ula()
     anycast = plan.anycast_subnet(ula)
     key = _random_string(32, OSPF_KEY_ALPHABET)
+    boot_key, boot_cert = new_boot_key(name)
     d = {k: v for k, (_, v) in SCHEMA["mesh"].items()}
     return f"""\
 # Kubermesh site: one warehouse, one cluster. Created by `kubermesh site init`.
@@ -408,10 +477,20 @@ range = "{service_range}"
 apiserver = "{anycast.network_address + 1}"
 etcd = "{anycast.network_address + 2}"
 
+[boot]
+# Every UKI of the site's images is signed with secrets.boot_key. Enroll this
+# certificate in PCs' firmware (UEFI db; `kubermesh site boot-cert FILE` exports
+# it) and turn Secure Boot on: they then boot the site's images and nothing else.
+certificate = '''
+{boot_cert}'''
+
 [secrets]
 # OSPFv3 authentication trailer (HMAC-SHA-256): a PC without it injects no route.
 ospf_key_id = 1
 ospf_key = "{key}"
 # Kubernetes bootstrap token for joining nodes.
 bootstrap_token = "{random_bootstrap_token()}"
+# Signs the site's UKIs (kubermesh build); its certificate is boot.certificate.
+boot_key = '''
+{boot_key}'''
 """

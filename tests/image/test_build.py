@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from image import build, kubernetes, manifest, netboot, tree, uki
+from image import build, disk, kubernetes, manifest, netboot, tree, uki
 from image.errors import BuildError
 from image.root import VerityRoot
 from image.run import Log
@@ -74,10 +74,13 @@ def test_auto_without_upstream_warns_and_says_why(monkeypatch: pytest.MonkeyPatc
 
 def test_site_fingerprint_never_holds_secrets() -> None:
     text = sitefile.new_site_toml("demo")
-    secrets = sitefile.parse_site(tomllib.loads(text)).secrets
-    fp = json.dumps(manifest.site_fingerprint(text, "demo", True))
+    site = sitefile.parse_site(tomllib.loads(text))
+    secrets = site.secrets
+    fp = json.dumps(manifest.site_fingerprint(text, "demo", True, site.boot.certificate))
     assert secrets.ospf_key not in fp and secrets.bootstrap_token not in fp
-    assert text not in fp
+    key_body = secrets.boot_key.splitlines()[1]
+    assert key_body not in fp and text not in fp
+    assert json.loads(fp)["boot_certificate"] == site.boot.certificate
 
 
 def test_sha256sums_checks_with_sha256sum(tmp_path: Path) -> None:
@@ -112,16 +115,22 @@ def test_published_output_is_its_owners_only(tmp_path: Path) -> None:
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700
 
 
-def test_build_log_and_baked_site_are_private(tmp_path: Path) -> None:
-    from image.run import Log
-
+def test_build_log_and_site_partition_are_private(tmp_path: Path) -> None:
     log = Log(tmp_path / "out.build.log")
     log.write("$ true")
     assert log.path.stat().st_mode & 0o777 == 0o600
-    tree.bake_site(tmp_path / "tree", "name = 'x'\n")
-    baked = tmp_path / "tree" / tree.SITE_PATH
-    assert baked.read_text() == "name = 'x'\n" and baked.stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in baked.parent.iterdir()] == ["site.toml"]  # no temporary left
+    # The root holds no site, only a link to where the initrd puts it, in RAM.
+    tree.link_site(tmp_path / "tree")
+    link = tmp_path / "tree" / tree.SITE_PATH
+    assert link.is_symlink() and str(link.readlink()) == tree.RUN_SITE
+    # The stick's site partition: the TOML, NUL-padded to whole blocks, root only.
+    blob = disk.site_blob("name = 'x'\n", tmp_path / "site.part")
+    data = blob.read_bytes()
+    assert blob.stat().st_mode & 0o777 == 0o600
+    assert len(data) == disk.SITE_BLOCK and data.rstrip(b"\0") == b"name = 'x'\n"
+    assert len(disk.site_blob("x" * disk.SITE_BLOCK, blob).read_bytes()) == 2 * disk.SITE_BLOCK
+    with pytest.raises(ValueError, match="NUL"):
+        disk.site_blob("a\0b", blob)
 
 
 def test_source_built_pins_are_split_from_the_wheels() -> None:
@@ -171,3 +180,19 @@ def test_the_appended_root_cpio_starts_on_a_4_byte_boundary(tmp_path: Path, size
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=data[start:], capture_output=True,
                              check=True).stdout.decode().split()
     assert sorted(listing) == ["kubermesh", "kubermesh/root.squashfs", "kubermesh/root.verity"]
+
+
+def test_newc_entries_find_each_files_data(tmp_path: Path) -> None:
+    d = tmp_path / "tree"
+    (d / "kubermesh").mkdir(parents=True)
+    (d / "kubermesh/root.squashfs").write_bytes(b"s" * 5)
+    (d / "kubermesh/root.verity").write_bytes(b"v" * 3)
+    archive = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], cwd=d, input=(
+        b"kubermesh\nkubermesh/root.squashfs\nkubermesh/root.verity\n"), capture_output=True,
+        check=True).stdout
+    data = b"head" + archive
+    entries = netboot.newc_entries(data, 4)
+    off, size = entries["kubermesh/root.squashfs"]
+    assert data[off:off + size] == b"s" * 5
+    off, size = entries["kubermesh/root.verity"]
+    assert data[off:off + size] == b"v" * 3

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Lab
+from mesh import plan
 from mesh.site import load_site, new_site_toml
 from tests.lab.conftest import LabFactory, unique_name
 
@@ -122,6 +123,27 @@ def test_cut_takes_the_other_path_and_plug_restores(make_lab: LabFactory) -> Non
     lab.plug(1, 2)
     lab.wait_converged(timeout=30)
     wait_for("the direct path back", lambda: [d for _, d in lab.routes(1)[n2]] == ["m2"])
+
+
+def test_a_provisioning_prefix_on_a_link_is_never_announced(make_lab: LabFactory) -> None:
+    """The /64 a node serves a newcomer from (netboot) stays on its link: FRR's
+    per-link prefix filter, with a routed prefix beside it as the control."""
+    lab = make_lab("line:3")
+    ula = lab.site.mesh.ula
+    n2 = lab.node(2)
+    provisioning = plan.provisioning_prefix(ula, n2.node_id, "m1")
+    control = plan.subnet(ula, 0x0100)  # an ordinary site /64: announced
+    for prefix in (provisioning, control):
+        lab.exec(2, ["ip", "-6", "addr", "add", f"{prefix.network_address + 1}/64", "dev", "m1",
+                     "nodad"])
+
+    def n3_routes() -> set[str]:
+        out = lab.exec(3, ["ip", "-6", "-j", "route", "show"]).stdout
+        return {r.get("dst", "") for r in json.loads(out or "[]")}
+    wait_for(f"n3 to learn the control prefix {control}", lambda: str(control) in n3_routes())
+    assert str(provisioning) not in n3_routes()
+    lsdb = json.dumps(lab.vtysh(lab.node(3), "show ipv6 ospf6 route json"))
+    assert str(control) in lsdb and str(provisioning) not in lsdb, lsdb
 
 
 def test_wrong_key_forms_no_adjacency_and_injects_no_route(make_lab: LabFactory,

@@ -50,6 +50,12 @@ def test_render(site: Site) -> None:
         assert (f"ipv6 ospf6 authentication key-id {site.secrets.ospf_key_id} "
                 f"hash-algo hmac-sha-256 key {site.secrets.ospf_key}") in lines
         assert "ipv6 ospf6 passive" not in lines
+        # No provisioning /64 (netboot serving) is ever announced from a link.
+        assert "ipv6 ospf6 advertise prefix-list kubermesh-link-prefixes" in lines
+    provisioning = plan.provisioning_range(site.mesh.ula)
+    assert (f"ipv6 prefix-list kubermesh-link-prefixes seq 5 deny {provisioning} le 128"
+            in b)
+    assert plan.provisioning_prefix(site.mesh.ula, node.node_id, "eth0").subnet_of(provisioning)
     assert conf.count("interface eth1") == 1
     assert f"ospf6 router-id {node.router_id}" in b["router ospf6"]
     assert b["bfd"][1:] == ["detect-multiplier 3", "receive-interval 100",

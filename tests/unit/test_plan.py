@@ -66,3 +66,21 @@ def test_subnets() -> None:
     assert plan.anycast_subnet(ULA) == IPv6Network("fd12:3456:789a:1::/64")
     with pytest.raises(ValueError):
         plan.subnet(IPv6Network("fd00::/64"), 1)
+
+
+def test_provisioning_prefixes_are_per_link_and_apart_from_routed_subnets() -> None:
+    ula = IPv6Network("fd12:3456:789a::/48")
+    rng = plan.provisioning_range(ula)
+    assert rng == IPv6Network("fd12:3456:789a:8000::/49")
+    routed = [plan.loopback_subnet(ula), plan.anycast_subnet(ula),
+              plan.subnet(ula, plan.POD_BLOCK_SUBNET)]
+    seen = set()
+    for i in range(200):
+        node_id = f"{i:016x}"
+        for link in ("enp1s0", "enp2s0"):
+            p = plan.provisioning_prefix(ula, node_id, link)
+            assert p.prefixlen == 64 and p.subnet_of(rng)
+            assert not any(p.overlaps(r) for r in routed)
+            assert p == plan.provisioning_prefix(ula, node_id, link)  # derived, stable
+            seen.add(p)
+    assert len(seen) > 390  # spread: collisions are harmless, but rare

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from mesh import plan
-from mesh.site import SiteError, load_site, new_site_toml, parse_site, random_ula
+from mesh.site import SiteError, load_site, new_boot_key, new_site_toml, parse_site, random_ula
 
 
 def fresh() -> dict[str, Any]:
@@ -75,6 +77,11 @@ def test_secrets_never_in_repr() -> None:
         (lambda d: d["secrets"].update(ospf_key="short"), "secrets.ospf_key", "16 to 64"),
         (lambda d: d["secrets"].update(bootstrap_token="x"), "secrets.bootstrap_token", "token"),
         (lambda d: d.update(version=2), "version", "not supported"),
+        (lambda d: d["secrets"].pop("boot_key"), "secrets.boot_key", "missing"),
+        (lambda d: d["secrets"].update(boot_key="x"), "secrets.boot_key", "PEM private key"),
+        (lambda d: d["boot"].update(certificate="x"), "boot.certificate", "PEM X.509"),
+        (lambda d: d["boot"].update(certificate=new_boot_key("another")[1]), "boot.certificate",
+         "not the certificate of secrets.boot_key"),
         (lambda d: d["pods"].update(block_prefix=14), "pods.block_prefix", "out of range"),
     ],
 )
@@ -106,6 +113,9 @@ def test_wrong_secret_is_not_echoed() -> None:
     data = fresh()
     data["secrets"]["ospf_key"] = "bad key with spaces!"
     assert not any("bad key" in p for p in problems(data))
+    data = fresh()
+    data["secrets"]["boot_key"] = data["secrets"]["boot_key"].replace("M", "x", 3)
+    assert not any("BEGIN" in p or "xx" in p for p in problems(data))
 
 
 def test_load_site_reports_toml_errors(tmp_path: Path) -> None:
@@ -133,6 +143,17 @@ def test_cli_init_and_check(tmp_path: Path) -> None:
     r = kubermesh("site", "init", str(p))
     assert r.returncode == 1 and "exists already" in r.stderr
     assert p.read_text() == before  # nothing changed
+    # The boot certificate, for enrolling in firmware: PEM to stdout, DER to a file,
+    # both the certificate of the site's boot key, and never the key itself.
+    r = kubermesh("site", "boot-cert", str(p))
+    assert r.returncode == 0 and r.stdout == load_site(p).boot.certificate
+    assert "PRIVATE" not in r.stdout
+    der = tmp_path / "boot.der"
+    assert kubermesh("site", "boot-cert", str(p), "--der", str(der)).returncode == 0
+    cert = x509.load_der_x509_certificate(der.read_bytes())
+    key = serialization.load_pem_private_key(load_site(p).secrets.boot_key.encode(), None)
+    assert cert.public_key() == key.public_key()
+    assert "dc1" in cert.subject.rfc4514_string()
 
 
 def test_cli_check_names_field(tmp_path: Path) -> None:

@@ -94,8 +94,14 @@ def test_etc_and_var_work(host: Any) -> None:
 
 
 def test_secrets_and_keys(host: Any) -> None:
-    site = host.file("/etc/kubermesh/site.toml")
+    # The site came from the stick's own site partition into RAM, root only; the
+    # root (served to neighbours) has only a link to it.
+    link = host.file("/etc/kubermesh/site.toml")
+    assert link.is_symlink and link.linked_to == "/run/kubermesh/site.toml"
+    site = host.file("/run/kubermesh/site.toml")
     assert (site.user, site.group, site.mode) == ("root", "root", 0o600)
+    assert "kubermesh-sysroot: the site is from /dev/" in host.check_output(
+        "journalctl -b -o cat --no-pager | grep -m1 'the site is from' || true")
     # No host keys from the image: the node made its own on /var.
     assert host.run("ls /etc/ssh/ssh_host_*").rc != 0
     assert host.file("/var/lib/kubermesh/ssh/ssh_host_ed25519_key").mode == 0o600

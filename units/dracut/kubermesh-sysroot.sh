@@ -8,10 +8,14 @@
 #   /etc        writable: a RAM overlay over the image's /etc; changes last one
 #               boot, so /etc is always the image's plus what this boot made
 #   machine-id  kept on /var, so a node keeps it across reboots
+#   the site    from the disk's own site partition into RAM, root only: the root
+#               is served to neighbours and holds no secret (image/disk.py)
 set -eu
 SYSROOT=/sysroot
 STATE=$SYSROOT/var/lib/kubermesh
 LABEL=kubermesh-var
+SITE_LABEL=kubermesh-site
+SITE=/run/kubermesh/site.toml
 
 say() { echo "kubermesh-sysroot: $*"; }
 
@@ -67,7 +71,18 @@ mount_var() {
     mount -t tmpfs -o mode=0755 tmpfs $SYSROOT/var
 }
 
+install_site() {
+    if ! disk=$(root_disk) || ! dev=$(partition "$disk" $SITE_LABEL); then
+        say "no site partition: the node has no site until it is approved"
+        return 0
+    fi
+    mkdir -p -m 0755 /run/kubermesh
+    (umask 077; tr -d '\000' < "$dev" > $SITE.tmp && mv $SITE.tmp $SITE)
+    say "the site is from $dev"
+}
+
 mount_var
+install_site
 cp -a -n $SYSROOT/usr/share/factory/var/. $SYSROOT/var/
 
 mkdir -p /run/kubermesh/etc/upper /run/kubermesh/etc/work

@@ -15,7 +15,7 @@ installkernel() {
 }
 
 install() {
-    inst_multiple systemd-repart mkfs.ext4 e2fsck mount mkdir cp tr readlink \
+    inst_multiple systemd-repart mkfs.ext4 e2fsck mount mkdir cp mv tr readlink \
         basename dirname grep udevadm modprobe losetup blkid
     inst_script "$moddir/kubermesh-sysroot.sh" /usr/lib/kubermesh/kubermesh-sysroot.sh
     inst_simple "$moddir/kubermesh-sysroot.service" \
