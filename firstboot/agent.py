@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from firstboot.node import ConfigError, Frr, Identity, Links, NodeConfig, creden
 from firstboot.ospf import Conflicts, Ospf
 from firstboot.overlay import Overlay, Routes
 from firstboot.paths import NodePaths
+from firstboot.provision import Provision
 from firstboot.runtime import Controller, Runtime
 from firstboot.status import AnycastStatus, LinkStatus, NodeStatus, OverlayStatus, Stage
 from firstboot.systemd import NOTICE, notify, setup_logging
@@ -78,12 +80,13 @@ class Status(Controller):
 
     name = "status"
     period = STATUS_PERIOD
-    after = ("links", "ospf", "conflicts", "routes", "overlay", "anycast", "kubelet", "filter")
+    after = ("links", "ospf", "conflicts", "provision", "filter", "routes", "overlay",
+             "anycast", "kubelet")
 
     def __init__(self, cfg: NodeConfig, rt: Runtime, *, links: Links, ospf: Ospf,
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
-                 kubelet: Kubelet) -> None:
-        self.cfg, self.rt = cfg, rt
+                 kubelet: Kubelet, provision: Provision) -> None:
+        self.cfg, self.rt, self.provision = cfg, rt, provision
         self.links, self.ospf, self.conflicts, self.routes = links, ospf, conflicts, routes
         self.overlay, self.anycast, self.kubelet = overlay, anycast, kubelet
         self.stage = Stage.BOOTING
@@ -140,6 +143,7 @@ class Status(Controller):
             unreachable=tuple(sorted(view.unreachable)), overlay=overlay, anycast=anycast,
             kubelet=self.kubelet.state, updated=time.time(), controllers=reports,
             forged_claims=tuple(sorted(str(a) for a in ov.forged)),
+            provision=self.provision.report(),
         )
 
     def reconcile(self) -> bool:
@@ -186,10 +190,11 @@ def build(cfg: NodeConfig, services: list[Service]) -> tuple[Runtime, Status]:
     anycast = Anycast(services, ipr, rt.post)
     kubelet = Kubelet(cfg, overlay)
     frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
-    rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, Filter(links, ospf), routes,
-           overlay, anycast, kubelet)
+    provision = Provision(cfg, links, ospf, ipr)
+    rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,
+           Filter(links, ospf, provision), routes, overlay, anycast, kubelet)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
-                overlay=overlay, anycast=anycast, kubelet=kubelet)
+                overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision)
     rt.add(st)
     return rt, st
 
@@ -224,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anycast", action="append", default=[], metavar="NAME=PROBE-URL",
                    help="a service this node runs behind its anycast address, e.g. "
                         "etcd=http://[::1]:2379/health (also the credential kubermesh.anycast)")
+    p.add_argument("--join", action="store_true",
+                   help="without a site, ask a serving neighbour to join (what a netbooted "
+                        "node does on its own)")
     p.add_argument("--once", action="store_true", help="one pass, then exit")
     p.add_argument("--debug", action="store_true")
     return p
@@ -239,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.identity:
         kind, _, value = a.identity.partition(":")
         ident = HardwareIdentity(kind, value)
+    if not a.site.exists() and (a.join or _netbooted(paths)):
+        return join_then_run(a, paths, ident, argv)
     try:
         cfg, services = configure(a.site, paths, ident, tuple(a.not_mesh), a.virtual_links,
                                   not a.no_hostname, a.frr_log, tuple(a.anycast))
@@ -258,6 +268,55 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopped on %s", reason)
     return 0
 
+
+def _netbooted(paths: NodePaths) -> bool:
+    try:
+        return "kubermesh.netroot=1" in paths.cmdline.read_text().split()
+    except OSError:
+        return False
+
+
+def join_then_run(a: argparse.Namespace, paths: NodePaths, ident: HardwareIdentity | None,
+                  argv: list[str] | None) -> int:
+    """No site (a netbooted node): ask to join; once the site is here, start again
+    with it, in this same process (the unit's PID, its READY already sent)."""
+    from pyroute2 import IPRoute
+
+    from firstboot.join import Join, JoinStatus, RouterListener, join_config
+
+    try:
+        not_mesh = (*a.not_mesh, *credential(paths, "kubermesh.not_mesh").split())
+        cfg = join_config(paths, ident, tuple(not_mesh), a.virtual_links)
+    except ValueError as e:
+        return _refuse(paths, f"no hardware identity: {e}")
+    log.log(NOTICE, "no site at %s: asking the neighbour that booted this node to join "
+            "(node id %s, from %s)", a.site, cfg.node_id, cfg.hw,
+            extra={"fields": {"node_id": cfg.node_id}})
+
+    def events(groups: int) -> Any:
+        ipr = IPRoute()
+        ipr.bind(groups=groups)
+        return ipr
+
+    rt = Runtime(events)
+    listener = RouterListener(rt.post)
+    links = Links(cfg)
+    joiner = Join(cfg, links, lambda: rt.stop("joined"), lambda: dict(listener.routers),
+                  listener.solicit)
+    st = JoinStatus(cfg, links, joiner)
+    rt.add(links, joiner, st)
+    rt.stop_on_signals()
+    try:
+        reason = rt.run(st.line, ready_after="links")
+    finally:
+        listener.close()
+    if reason != "joined":
+        log.info("stopped on %s", reason)
+        return 0
+    args = sys.argv[1:] if argv is None else ["agent", *argv]
+    log.info("starting again with the site")
+    os.execv(sys.executable, [sys.executable, "-m", "kubermesh", *args])
+    return 0  # not reached
 
 
 if __name__ == "__main__":

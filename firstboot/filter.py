@@ -11,6 +11,7 @@ import subprocess
 
 from firstboot.node import Links
 from firstboot.ospf import Ospf
+from firstboot.provision import Provision
 from firstboot.runtime import Controller
 from mesh.nft import FilterSpec, render_nftables
 
@@ -19,18 +20,20 @@ log = logging.getLogger("kubermesh.filter")
 
 class Filter(Controller):
     name = "filter"
-    after = ("links", "ospf")
+    after = ("links", "ospf", "provision")
     period = 60.0  # and again, in case someone flushed it
 
-    def __init__(self, links: Links, ospf: Ospf, nft: str = "nft") -> None:
-        self.links, self.ospf = links, ospf
+    def __init__(self, links: Links, ospf: Ospf, provision: Provision, nft: str = "nft") -> None:
+        self.links, self.ospf, self.provision = links, ospf, provision
         self.nft = shutil.which(nft) or nft
         self.applied: str | None = None
         self.spec = FilterSpec((), ())
 
     def desired(self) -> FilterSpec:
         mesh = tuple(sorted(self.links.names))
-        return FilterSpec(mesh, tuple(sorted(self.ospf.view.full_links & set(mesh))))
+        serving = self.provision.serving
+        return FilterSpec(mesh, tuple(sorted(self.ospf.view.full_links & set(mesh))),
+                          tuple(sorted(s.name for s in serving if s.name in mesh)))
 
     def reconcile(self) -> bool:
         spec = self.desired()

@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
@@ -102,6 +102,17 @@ class Link:
     speed: int | None  # Mb/s, None when the NIC does not say
 
 
+class LinkSettings(Protocol):
+    """What Links needs: a NodeConfig, or a JoinConfig on a node without a site."""
+
+    @property
+    def paths(self) -> NodePaths: ...
+    @property
+    def not_mesh(self) -> tuple[str, ...]: ...
+    @property
+    def virtual_links(self) -> bool: ...
+
+
 class Links(Controller):
     """Which NICs are mesh links, with carrier and speed (sysfs); link events wake it."""
 
@@ -109,7 +120,7 @@ class Links(Controller):
     period = 5.0
     groups = RTMGRP_LINK
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: LinkSettings) -> None:
         self.cfg = cfg
         self.links: tuple[Link, ...] = ()
         self.not_mesh: tuple[str, ...] = ()

@@ -22,6 +22,8 @@ class NodePaths:
     frr_run: Path = Path("/run/frr")  # ospf6d's and zebra's vty sockets, pid files
     kubelet_binary: Path = Path("/usr/bin/kubelet")
     networkd_state: Path = Path("/run/systemd/netif/links")  # which .network each link took
+    cmdline: Path = Path("/proc/cmdline")  # where the root and its verity hashes come from
+    dev: Path = Path("/dev")  # the boot disk's partitions (netboot sources)
     # Written
     run_dir: Path = Path("/run/kubermesh")
     frr_conf_dir: Path = Path("/etc/frr")  # frr.conf (0640 frr: the OSPF key); /etc/frr
@@ -46,6 +48,11 @@ class NodePaths:
         return self.state_dir / "overlay.json"
 
     @property
+    def netboot_recipe(self) -> Path:
+        """A netbooted node's recipe of what it serves, from the neighbour that booted it."""
+        return self.run_dir / "netboot.recipe"
+
+    @property
     def cni_conf_dir(self) -> Path:
         """The node's CNI network (containerd's conf_dir)."""
         return self.run_dir / "cni" / "net.d"
@@ -56,4 +63,4 @@ class NodePaths:
         return cls(site=site, frr_run=frr_run, run_dir=d, frr_conf_dir=d / "etc",
                    networkd_dir=None, state_dir=d, cni_data_dir=d / "cni-data",
                    kubelet_dir=d / "kubelet-state", credentials=(), ca_file=d / "ca.crt",
-                   kubelet_binary=d / "no-kubelet")
+                   kubelet_binary=d / "no-kubelet", cmdline=d / "no-cmdline")

@@ -97,6 +97,10 @@ class NodeStatus:
     controllers: tuple[ControllerReport, ...] = ()
     # Pod-block claims announced by a router other than the owner they embed.
     forged_claims: tuple[str, ...] = ()
+    # Neighbours being provisioned (firstboot.provision.Provision.report): links
+    # served, what was served to whom, join requests held.
+    provision: dict[str, Any] = field(default_factory=dict)
+    join: str = ""  # a node without the site: where its join request stands
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -183,6 +187,20 @@ def render(s: NodeStatus, now: float | None = None) -> str:
     for a in s.anycast:
         lines.append(f"anycast   {a.service:<10} {a.address} {a.state}")
     lines.append(f"kubelet   {s.kubelet}")
+    if s.join:
+        lines.append(f"join      {s.join}")
+    prov = s.provision
+    for link in prov.get("serving", ()):
+        lines.append(f"serving   netboot on {link['link']} ({link['prefix']}): {link['url']}")
+    if prov.get("not_serving"):
+        lines.append(f"serving   nothing: {prov['not_serving']}")
+    for x in prov.get("served", ()):
+        what = "all" if x["done"] else "so far"
+        lines.append(f"served    {x['path']} to {x['client']}: {x['bytes'] >> 20} MiB ({what}), "
+                     f"{time.strftime('%H:%M:%S', time.localtime(x['at']))}")
+    for r in prov.get("requests", ()):
+        lines.append(f"join      {r['id']} ({r['hardware']}) via {r['client']}: {r['state']}"
+                     + (", took the site" if r["fetched"] else ""))
     lines += [f"CONFLICT  {c}" for c in s.conflicts]
     lines += [f"forged    pod-block claim {c} (ignored)" for c in s.forged_claims]
     lines += [f"error     {e}" for e in s.errors]

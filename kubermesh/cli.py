@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tomllib
 from dataclasses import asdict
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from firstboot import status as nodestatus
 from firstboot.files import write_atomic
@@ -89,6 +90,20 @@ def parser() -> argparse.ArgumentParser:
                       help="write it DER-encoded to FILE (what firmware setup menus read) "
                            "instead of PEM to standard output")
     cert.set_defaults(func=site_boot_cert)
+
+    nodes = sub.add_parser("nodes", help="netbooted PCs asking to join: list and approve them")
+    nodes.set_defaults(func=lambda _: nodes.print_help())
+    nsub = nodes.add_subparsers(title="nodes commands")
+    pending = nsub.add_parser("pending", help="join requests held anywhere in the mesh")
+    pending.add_argument("--all", action="store_true", help="approved ones too")
+    pending.add_argument("--json", action="store_true")
+    pending.add_argument("--file", type=Path, default=nodestatus.STATUS_FILE)
+    pending.set_defaults(func=nodes_pending)
+    approve = nsub.add_parser("approve", help="let a netbooted PC in: it gets the site")
+    approve.add_argument("id", help="its node id (16 hex digits, from `kubermesh nodes pending`)")
+    approve.add_argument("--site", type=Path, default=Path("/etc/kubermesh/site.toml"))
+    approve.add_argument("--file", type=Path, default=nodestatus.STATUS_FILE)
+    approve.set_defaults(func=nodes_approve)
 
     sub.add_parser("agent", help="the node runtime (see `kubermesh agent --help`)")
     wait = sub.add_parser("wait", help="until this node reaches a stage (for units' ordering)")
@@ -172,6 +187,67 @@ def node_status(args: argparse.Namespace) -> None:
         print(json.dumps(d, indent=1))
     else:
         print(nodestatus.render(st))
+
+
+def _mesh_nodes(path: Path) -> list[str]:
+    """This node's and every node it routes to: their loopbacks."""
+    st = _read_status(path)
+    if st.stale():
+        raise Failure(f"{path} is stale: the node runtime is not running",
+                      hint="systemctl status kubermesh-agent")
+    return [x for x in (st.loopback, *st.routed) if x]
+
+
+def _held(path: Path) -> list[Any]:
+    from firstboot import neighbours
+
+    nodes = _mesh_nodes(path)
+    found, silent = neighbours.held_requests(nodes)
+    for node, why in sorted(silent.items()):
+        say(f"kubermesh: {node} did not answer ({why}); its requests are not listed")
+    return found
+
+
+def nodes_pending(args: argparse.Namespace) -> None:
+    import time
+
+    held = [h for h in _held(args.file) if args.all or h.request["state"] != "approved"]
+    if args.json:
+        print(json.dumps([{"holder": h.holder, **h.request} for h in held], indent=1))
+        return
+    if not held:
+        say("no join requests" + ("" if args.all else " waiting"))
+        return
+    print(f"{'id':<18}{'state':<10}{'age':>6}  {'hardware':<44} via")
+    for h in sorted(held, key=lambda x: x.request["since"]):
+        r = h.request
+        age = f"{time.time() - r['since']:.0f}s"
+        print(f"{r['id']:<18}{r['state']:<10}{age:>6}  {r['hardware']:<44} {h.holder} "
+              f"({r['client']})")
+
+
+def nodes_approve(args: argparse.Namespace) -> None:
+    from firstboot import neighbours
+
+    if not re.fullmatch(r"[0-9a-f]{16}", args.id):
+        raise Failure(f"{args.id!r} is not a node id (16 hex digits)",
+                      hint="kubermesh nodes pending lists them")
+    try:
+        secret = sitefile.load_site(args.site).secrets.ospf_key
+    except PermissionError:
+        raise Failure(f"{args.site} is readable by root only",
+                      hint="approving hands out the site's secrets: run it as root") from None
+    holders = [h.holder for h in _held(args.file) if h.request["id"] == args.id]
+    if not holders:
+        raise Failure(f"no node of the mesh holds a join request {args.id}",
+                      hint="kubermesh nodes pending --all")
+    for holder in holders:
+        try:
+            answer = neighbours.approve(holder, args.id, secret)
+        except OSError as e:
+            raise Failure(f"approving {args.id} on {holder}: {e}") from None
+        say(f"approved {args.id} ({answer['hardware']}) on {holder}: it takes the site "
+            "and joins")
 
 
 def node_wait(args: argparse.Namespace) -> None:

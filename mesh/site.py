@@ -76,6 +76,12 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class JoinSettings:
+    policy: str  # manual, allow or auto (mesh.join)
+    allow: tuple[str, ...]  # hardware identities or MAC globs approved at once (policy allow)
+
+
+@dataclass(frozen=True)
 class BootSettings:
     certificate: str  # PEM: the certificate PCs' firmware enrolls (UEFI db)
 
@@ -99,6 +105,7 @@ class Site:
     services: ServiceSettings
     anycast: Mapping[str, IPv6Address]
     boot: BootSettings
+    join: JoinSettings
     secrets: Secrets = field(repr=False)
 
 
@@ -158,6 +165,19 @@ def _private_key(v: Any) -> str:
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
         raise ValueError("not an RSA key of 2048 bits or more (what UEFI firmware checks)")
     return v
+
+
+def _policy(v: Any) -> str:
+    if v not in ("manual", "allow", "auto"):
+        raise ValueError(f"{v!r} is not manual, allow or auto")
+    return str(v)
+
+
+def _identity_globs(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError('expected a list of hardware identities or MAC globs, e.g. '
+                         '["mac:52:54:00:*", "52:54:00:12:*", "dmi:4c4c4544-*"]')
+    return tuple(v)
 
 
 def _globs(v: Any) -> tuple[str, ...]:
@@ -263,6 +283,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "boot": {
         "certificate": (_certificate, _REQUIRED),
     },
+    "join": {
+        "policy": (_policy, "manual"),
+        "allow": (_identity_globs, []),
+    },
 }
 TOP_LEVEL = {"version", "name", *SCHEMA, "anycast"}
 REQUIRED_ANYCAST = ("apiserver", "etcd")
@@ -329,6 +353,7 @@ def parse_site(data: Mapping[str, Any], source: str = "site") -> Site:
         services=ServiceSettings(**values["services"]),
         anycast=anycast,
         boot=BootSettings(**values["boot"]),
+        join=JoinSettings(values["join"]["policy"], tuple(values["join"]["allow"])),
         secrets=Secrets(**values["secrets"]),
     )
     problems = _cross_checks(site)
@@ -476,6 +501,14 @@ range = "{service_range}"
 # One /128 per cluster-wide service, announced by the nodes that run it.
 apiserver = "{anycast.network_address + 1}"
 etcd = "{anycast.network_address + 2}"
+
+[join]
+# Who gets this file's secrets when a netbooted PC asks to join:
+#   manual  an operator approves each one (kubermesh nodes pending / approve ID)
+#   allow   PCs whose hardware identity or MAC matches a glob of `allow`, at once
+#   auto    every PC that asks (labs only: anyone at a mesh port gets the keys)
+policy = "manual"
+allow = []
 
 [boot]
 # Every UKI of the site's images is signed with secrets.boot_key. Enroll this

@@ -22,6 +22,7 @@ from firstboot.node import ConfigError, Links, NodeConfig
 from firstboot.ospf import Conflicts, Neighbour, OspfView
 from firstboot.overlay import Overlay, Routes
 from firstboot.paths import NodePaths
+from firstboot.provision import Provision
 from firstboot.runtime import Registry, Runtime
 from firstboot.status import NodeStatus, Stage
 from mesh import plan, pods
@@ -157,9 +158,10 @@ def status_controller(tmp_path: Path, kernel: Kernel, cfg: NodeConfig | None = N
     routes = Routes(cfg, kernel)
     overlay = Overlay(cfg, kernel, routes, ospf, lambda _: None)
     rt = Runtime(None)
-    st = Status(cfg, rt, links=Links(cfg), ospf=ospf, conflicts=Conflicts(cfg, ospf),
+    links = Links(cfg)
+    st = Status(cfg, rt, links=links, ospf=ospf, conflicts=Conflicts(cfg, ospf),
                 routes=routes, overlay=overlay, anycast=Anycast([], kernel, rt.post),
-                kubelet=Kubelet(cfg, overlay))
+                kubelet=Kubelet(cfg, overlay), provision=Provision(cfg, links, ospf, kernel))
     return st, rt
 
 

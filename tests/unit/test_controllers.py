@@ -14,6 +14,7 @@ from firstboot import node as node_mod
 from firstboot.filter import Filter
 from firstboot.node import Frr, Identity, Link, Links
 from firstboot.ospf import Neighbour, OspfView
+from firstboot.provision import Provision
 from mesh.frr import FRR_RELOAD, UNKNOWN_SPEED_COST, link_cost
 from mesh.networkd import PREFIX
 from tests.unit.fakes import Kernel, fake_nic, idle_ospf, link_msg, node_config
@@ -241,7 +242,7 @@ def test_the_filter_follows_links_and_full_adjacencies(tmp_path: Path, sysfs: Pa
     links = Links(cfg)
     links.reconcile()
     ospf = idle_ospf(cfg, tmp_path)
-    f = Filter(links, ospf, nft=str(fake_nft(tmp_path)))
+    f = Filter(links, ospf, Provision(cfg, links, ospf, ipr=None), nft=str(fake_nft(tmp_path)))
     table = tmp_path / "table"
     assert f.reconcile() is True
     assert f.spec.mesh_links == ("enp1s0", "enp2s0", "enp3s0") and not f.spec.full_links

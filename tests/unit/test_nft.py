@@ -17,6 +17,7 @@ SPECS = {
     "full subset": FilterSpec(("m3", "m2", "m4"), ("m2",)),
     "no full adjacency": FilterSpec(("m2", "m3"), ()),
     "no mesh links": FilterSpec((), (), mesh_tcp_ports=()),
+    "serving a newcomer": FilterSpec(("m2", "m3"), ("m2",), ("m3",)),
 }
 
 
@@ -51,7 +52,7 @@ def test_forwarding_only_from_full_links_and_the_pod_bridge() -> None:
     assert s["set mesh_links"] == ["type ifname", 'elements = { "m2", "m3", "m4" }']
     assert s["set full_links"] == ["type ifname", 'elements = { "m2" }']
     assert s["set mesh_tcp_ports"] == ["type inet_service",
-                                       "elements = { 22, 2379, 2380, 6443, 10250 }"]
+                                       "elements = { 22, 2379, 2380, 4780, 6443, 10250 }"]
     assert s["chain forward"] == [
         "type filter hook forward priority filter; policy drop;",
         "iifname @full_links oifname @mesh_links accept",
@@ -80,6 +81,12 @@ def test_input_judges_only_mesh_links_and_lets_adjacencies_form() -> None:
                      "meta l4proto { icmp, ipv6-icmp } accept",
                      "tcp dport @mesh_tcp_ports accept",
                      "counter drop"]
+    # A newcomer on a served link reaches DHCPv6 and the provisioning server only.
+    assert rules[members_only - 2:members_only] == [
+        "iifname @serving_links udp dport 547 accept",
+        "iifname @serving_links tcp dport 4780 accept"]
+    s = stanzas(render_nftables(SPECS["serving a newcomer"]))
+    assert s["set serving_links"] == ["type ifname", 'elements = { "m3" }']
 
 
 def test_empty_sets_have_no_elements_line() -> None:
@@ -104,6 +111,7 @@ def test_the_pod_bridge_and_ports_are_the_specs() -> None:
     (FilterSpec(("lo",), ()), "'lo'"),
     (FilterSpec(("m2",), (), pod_bridge="cni 0"), "'cni 0'"),
     (FilterSpec(("m2",), ("m3",)), "m3"),
+    (FilterSpec(("m2",), (), ("m4",)), "served links that are not mesh links: m4"),
     (FilterSpec(("m2", "cni0"), ()), "'cni0'"),
     (FilterSpec(("m2",), (), mesh_tcp_ports=(0,)), "0"),
     (FilterSpec(("m2",), (), mesh_tcp_ports=(65536,)), "65536"),
