@@ -183,8 +183,9 @@ class Provision(Controller):
                          name, s.prefix, extra={"fields": {"link": name}})
         self.serving = want
         self._dnsmasq(want)
-        if want:
-            self._http()
+        # Always: members ask every node for the join requests it holds (kubermesh
+        # nodes), and a node may serve again when a cable is plugged.
+        self._http()
         return changed
 
     def _address(self, verb: str, s: ServedLink) -> None:

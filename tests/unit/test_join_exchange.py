@@ -95,5 +95,13 @@ def test_a_newcomer_gets_the_site_once_approved(tmp_path: Path, policy: str) -> 
 def test_nothing_is_served_without_an_image(tmp_path: Path) -> None:
     cfg = node_config(tmp_path)
     prov = Provision(cfg, Links(cfg), idle_ospf(cfg, tmp_path), ipr=None)
-    assert prov.reconcile() is False and prov.serving == ()
-    assert prov.why_not == f"no {cfg.paths.cmdline}"
+    prov.port = free_port()
+    try:
+        assert prov.reconcile() is False and prov.serving == ()
+        assert prov.why_not == f"no {cfg.paths.cmdline}"
+        # Its server still answers members (kubermesh nodes): no requests held.
+        assert request("::1", "GET", "/join", port=prov.port) == (200, b"[]")
+        code, body = request("::1", "GET", "/kubermesh.efi", port=prov.port)
+        assert code == 503 and b"no-cmdline" in body
+    finally:
+        prov.close()

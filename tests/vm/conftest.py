@@ -5,7 +5,8 @@ The guests, all booted from private copies of the same image:
 - d: cabled to c, powered on later, while the others run (that cable plugged then);
 - twin: a's hardware identity (SMBIOS UUID, and a's MAC on its NIC), cabled to d
   with the cable unplugged until the conflict test;
-- corrupted: no cables; one byte of a file's data flipped inside its root partition.
+- corrupted: no cables; one byte of a file's data flipped inside its root partition;
+- netboot: diskless, cabled to a (unplugged until its test); it netboots from a.
 Slow TCG boots overlap: a, b, c and corrupted at once, later d and twin with b's reboot.
 
 The image comes from $KUBERMESH_IMAGE (an output directory) or out/; a missing
@@ -52,6 +53,8 @@ class Guests:
     corrupted: VM
     corrupted_file: str  # absolute path inside the guest
     corrupted_offset: int  # byte flipped, from the start of the disk
+    netboot: VM
+    a_netboot: Cable
 
 
 @pytest.fixture(scope="session")
@@ -80,20 +83,24 @@ def guests(image: Image, request: pytest.FixtureRequest) -> Iterator[Guests]:
         c_d = mesh.cable(c, d, plugged=False)
         d_twin = mesh.cable(twin, d, plugged=False, a_mac=a_b.a_nic.mac)
         corrupted = mesh.vm("corrupted")
+        netboot = mesh.vm("netboot", diskless=True)
+        a_netboot = mesh.cable(a, netboot, plugged=False, b_boots=True)
         mesh.start(a, b, c)
         # While they boot: find a byte of the victim file's data and flip it on the copy.
-        offset, size = corrupt.partition(corrupted.disk, corrupt.ROOT_TYPE)
+        victim_disk = corrupted.disk
+        assert victim_disk is not None
+        offset, size = corrupt.partition(victim_disk, corrupt.ROOT_TYPE)
         scratch = mesh.work / "root.squashfs"
-        with corrupted.disk.open("rb") as src, scratch.open("wb") as dst:
+        with victim_disk.open("rb") as src, scratch.open("wb") as dst:
             src.seek(offset)
             shutil.copyfileobj(_Limited(src, size), dst)
         victim = _victim(image)
         inside = corrupt.find_data_byte(scratch, victim)
         scratch.unlink()
-        corrupt.flip_byte(corrupted.disk, offset + inside)
+        corrupt.flip_byte(victim_disk, offset + inside)
         corrupted.start()
         yield Guests(mesh, a, b, c, d, twin, c_d, d_twin, corrupted, "/" + victim,
-                     offset + inside)
+                     offset + inside, netboot, a_netboot)
     finally:
         # A failed test leaves the guests' consoles behind, and says where.
         kept = mesh.close(keep_logs=request.session.testsfailed > 0)

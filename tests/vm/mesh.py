@@ -62,10 +62,11 @@ class Mesh:
         return f"52:54:00:6b:{self._macs >> 8:02x}:{self._macs & 0xFF:02x}"
 
     def vm(self, name: str, twin_of: str | None = None, memory_mib: int = MEMORY_MIB,
-           disk: Path | None = None) -> VM:
-        """Declare a VM; `twin_of` gives it another VM's hardware identity (UUID)."""
+           disk: Path | None = None, diskless: bool = False) -> VM:
+        """Declare a VM; `twin_of` gives it another VM's hardware identity (UUID);
+        `diskless` ones netboot from a neighbour (a cable with `boot=True`)."""
         ident = self.vms[twin_of].uuid if twin_of else str(uuid.uuid4())
-        if disk is None:
+        if disk is None and not diskless:
             disk = self.disk_copy(name)
         vm = VM(name, disk, self.work, self.pubkey, self.key, memory_mib=memory_mib,
                 accel=self.accel, uuid=ident, mgmt_mac=self._mac())
@@ -79,17 +80,18 @@ class Mesh:
         return dest
 
     def cable(self, a: VM, b: VM, plugged: bool = True, a_mac: str | None = None,
-              speed_mbps: int | None = None) -> Cable:
+              speed_mbps: int | None = None, b_boots: bool = False) -> Cable:
         """Lay a cable between a and b (neither started yet). `a_mac` sets a's NIC
         MAC, e.g. to a twin's, so that two machines match in every identity;
-        `speed_mbps` is the speed both NICs report."""
+        `speed_mbps` is the speed both NICs report; `b_boots`: b's firmware
+        netboots over it."""
         for v in (a, b):
             if v.proc is not None:
                 raise RuntimeError(f"{v.name} is running: its NICs are fixed at power-on")
         pa, pb = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
         n = len(self.cables)
         an = Nic(f"c{n}", a_mac or self._mac(), pa, pb, plugged, speed_mbps)
-        bn = Nic(f"c{n}", self._mac(), pb, pa, plugged, speed_mbps)
+        bn = Nic(f"c{n}", self._mac(), pb, pa, plugged, speed_mbps, boot=b_boots)
         a.nics += (an,)
         b.nics += (bn,)
         c = Cable(a, b, an, bn)

@@ -69,6 +69,7 @@ class Nic:
     peer_port: int
     plugged: bool = True  # link (carrier) up; a VM starting takes it as it is
     speed_mbps: int | None = None  # what the guest's NIC reports (link cost follows it)
+    boot: bool = False  # the firmware boots from it (UEFI PXE/HTTP over IPv6)
 
 
 class Qmp:
@@ -112,7 +113,7 @@ class Qmp:
 class VM:
     """One QEMU guest booted from a private copy of a disk image."""
 
-    def __init__(self, name: str, disk: Path, workdir: Path, pubkey: str, key: Path,
+    def __init__(self, name: str, disk: Path | None, workdir: Path, pubkey: str, key: Path,
                  memory_mib: int = 1536, accel: str = "tcg", uuid: str | None = None,
                  mgmt_mac: str = MGMT_MAC, nics: tuple[Nic, ...] = (),
                  credentials: dict[str, str] | None = None) -> None:
@@ -158,19 +159,27 @@ class VM:
             "-smp", "1", "-m", str(self.memory), "-nodefaults", "-display", "none",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
-            "-drive", f"if=none,id=disk,format=raw,file={self.disk}",
-            "-device", "virtio-blk-pci,drive=disk,bootindex=1",
             # restrict=on: no packet leaves the guest (hostfwd still reaches its sshd).
             "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-            "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}",
+            "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}"
+                       + (",romfile=" if self.disk is None else ""),
             "-device", "virtio-rng-pci",
             "-serial", f"file:{self.console}",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
+        if self.disk is not None:
+            cmd += ["-drive", f"if=none,id=disk,format=raw,file={self.disk}",
+                    "-device", "virtio-blk-pci,drive=disk,bootindex=1"]
+        else:
+            # Diskless: the firmware boots over the mesh NIC marked boot, IPv6 only, as
+            # a PC set up for it would (docs/netboot.md).
+            cmd += ["-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=no"]
         if self.uuid:
             cmd += ["-uuid", self.uuid]
         for nic in self.nics:
             device = f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}"
+            if nic.boot:  # OVMF's own network stack (no iPXE ROM), first in the boot order
+                device += ",romfile=,bootindex=1"
             if nic.speed_mbps:
                 device += f",speed={nic.speed_mbps},duplex=full"
             cmd += ["-netdev", f"socket,id={nic.netdev},udp=127.0.0.1:{nic.peer_port},"
