@@ -118,8 +118,7 @@ def netboot_sources(paths: NodePaths) -> tuple[netboot.Recipe, dict[str, Path]] 
             return f"no kubermesh-netboot and ESP partitions beside {root}"
         recipe_file, sources["esp"] = on_disk, esp
     try:
-        with recipe_file.open("rb") as f:
-            recipe = netboot.decode(f.read(16 << 20))
+        recipe = netboot.decode(recipe_file.read_bytes())  # the partition: a few KiB of it
     except (OSError, netboot.RecipeError) as e:
         return f"{recipe_file}: {e}"
     if missing := recipe.kinds() - {"literal"} - set(sources):
