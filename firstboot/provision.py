@@ -57,6 +57,7 @@ class Served:
     bytes: int = 0
     done: bool = False
     at: float = field(default_factory=time.time)
+    seconds: float = 0.0  # how long the transfer took (so far)
 
 
 @dataclass
@@ -422,9 +423,11 @@ class _Handler(BaseHTTPRequestHandler):
             for data in netboot.chunks(recipe, sources):
                 self.wfile.write(data)
                 served.bytes += len(data)
+                served.seconds = time.time() - served.at
             served.done = True
-            log.info("served the netboot image to %s (%d MiB)", served.client,
-                     served.bytes >> 20, extra={"fields": {"client": served.client}})
+            log.info("served the netboot image to %s (%d MiB in %.0f s)", served.client,
+                     served.bytes >> 20, served.seconds,
+                     extra={"fields": {"client": served.client}})
         except (OSError, netboot.RecipeError) as e:
             log.warning("serving the netboot image to %s stopped after %d MiB: %s",
                         served.client, served.bytes >> 20, e)

@@ -196,7 +196,8 @@ def render(s: NodeStatus, now: float | None = None) -> str:
         lines.append(f"serving   nothing: {prov['not_serving']}")
     for x in prov.get("served", ()):
         what = "all" if x["done"] else "so far"
-        lines.append(f"served    {x['path']} to {x['client']}: {x['bytes'] >> 20} MiB ({what}), "
+        lines.append(f"served    {x['path']} to {x['client']}: {x['bytes'] >> 20} MiB ({what}) "
+                     f"in {x.get('seconds', 0):.0f} s, from "
                      f"{time.strftime('%H:%M:%S', time.localtime(x['at']))}")
     for r in prov.get("requests", ()):
         lines.append(f"join      {r['id']} ({r['hardware']}) via {r['client']}: {r['state']}"

@@ -29,7 +29,16 @@ def _link_to(vm: VM, mac: str) -> str:
     return str(next(x["ifname"] for x in links if x.get("address") == mac))
 
 
-def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Image) -> None:
+def _journal_seconds(vm: VM, message: str) -> float | None:
+    """Seconds from the guest's kernel start to the first journal line with message."""
+    out = vm.ssh(f"journalctl -b -o short-monotonic --no-pager -t kubermesh-agent "
+                 f"| grep -m1 -F '{message}'", check=False).stdout
+    return float(out.split("]")[0].strip("[ ")) if out.startswith("[") else None
+
+
+def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Image,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
     a, b, n = guests.a, guests.b, guests.netboot
     a.wait_ssh()
     b.wait_ssh()
@@ -43,6 +52,7 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     n.start()
     booted = time.monotonic()
     n.wait_ssh()
+    ssh_at = time.monotonic()
     # It booted the served image: the UKI's root hash, its root on loop devices
     # (the served root, in RAM) under dm-verity, no disk at all.
     cmdline = n.ssh("cat /proc/cmdline").stdout
@@ -70,6 +80,7 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     assert n.ssh("ip -6 route show proto ospf", check=False).stdout.strip() == ""
 
     # An operator approves it from b; it takes the site and joins.
+    approved = time.monotonic()
     out = b.ssh(f"kubermesh nodes approve {node_id}").stderr
     assert f"approved {node_id}" in out, out
     others = [wait_status(v, "an identity", lambda st: bool(st["loopback"])) for v in (a, b)]
@@ -82,7 +93,20 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     # a stopped serving on that cable: its neighbour is a member now.
     wait_status(a, f"no more serving on {link}", lambda st: all(
         s["link"] != link for s in st["provision"].get("serving", ())), 120)
-    print(f"\nnetboot: power-on to mesh joined (approval included) {took:.0f} s")
+    download = next(x for x in st_a["provision"]["served"] if x["done"])
+    figures = {
+        "netboot_download_s": round(download["seconds"], 1),
+        "netboot_payload_mib": round(download["bytes"] / (1 << 20), 1),
+        "netboot_power_on_to_ssh_s": round(ssh_at - booted, 1),
+        "netboot_approval_to_joined_s": round(time.monotonic() - approved, 1),
+        "netboot_power_on_to_joined_s_with_approval_wait": round(took, 1),
+        "netboot_kernel_to_join_request_s": _journal_seconds(n, "asked "),
+        "netboot_kernel_to_joined_s": _journal_seconds(n, "mesh joined"),
+        "disk_node_a_kernel_to_joined_s": _journal_seconds(a, "mesh joined"),
+        "netboot_ram_used_mib": int(n.ssh("free -m | awk '/^Mem:/ {print $3}'").stdout or 0),
+    }
+    with capsys.disabled():
+        print(f"\nnetboot figures (TCG, this run): {json.dumps(figures)}")
 
 
 def test_the_netbooted_node_can_serve_the_same_image(guests: Guests, image: Image) -> None:
