@@ -113,7 +113,9 @@ def test_kill_partitions_a_line(make_lab: LabFactory) -> None:
 def test_cut_takes_the_other_path_and_plug_restores(make_lab: LabFactory) -> None:
     lab = make_lab("ring:6")
     n2 = IPv6Address(lab.node(2).loopback)
-    assert [dev for _, dev in lab.routes(1)[n2]] == ["m2"]
+    # "Converged" is a route to everyone, not yet the shortest one: a cable whose
+    # interface came up after ospf6d started joins a moment later.
+    wait_for("n1's direct path to n2", lambda: [d for _, d in lab.routes(1)[n2]] == ["m2"])
     lab.cut(1, 2)
     lab.wait_converged(timeout=30)
     assert [dev for _, dev in lab.routes(1)[n2]] == ["m6"]  # the long way round
