@@ -274,6 +274,10 @@ class Provision(Controller):
             held = self.requests.get(r.node_id)
             if held is not None and held.request.public_key == r.public_key:
                 return held
+            if held is not None and held.state == "approved" and not held.fetched:
+                # Only the key that was approved may take the site; a node that made
+                # a new key (it rebooted) asks again once the old request is used.
+                raise PermissionError(f"{r.node_id} is approved for another key")
             state = join.decide(site.join.policy, site.join.allow, r)
             if len(self.requests) >= MAX_REQUESTS:
                 oldest = min(self.requests.values(), key=lambda x: x.since)
@@ -389,7 +393,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             data = self._body()
             if self.path == "/join":
-                held = p.join_request(join.JoinRequest.from_json(data), self._client())
+                try:
+                    held = p.join_request(join.JoinRequest.from_json(data), self._client())
+                except PermissionError as e:
+                    self._json(409, {"error": str(e)})
+                    return
                 self._json(200, {"id": held.request.node_id, "state": held.state})
             elif (m := _JOIN_ID.match(self.path)) and m.group(2):
                 approved = p.approve(m.group(1), str(data.get("mac", "")))

@@ -75,6 +75,12 @@ def test_a_newcomer_gets_the_site_once_approved(tmp_path: Path, policy: str) -> 
                               {"mac": join.approval_mac(site.secrets.ospf_key,
                                                         "0123456789abcdef")}, port=prov.port)
             assert code == 200
+            # Approved for the newcomer's key: a request for the same id with another
+            # key (someone else at a served port) is refused, and takes nothing.
+            _, other = join.new_key()
+            forged = join.JoinRequest("0123456789abcdef", "mac:52:54:00:00:00:66", (), other)
+            code, _ = request("::1", "POST", "/join", forged.to_json(), port=prov.port)
+            assert code == 409
             joiner.reconcile()
         assert done == [True]
         assert paths.site.read_text() == text
