@@ -100,9 +100,10 @@ class RouterListener:
                 link = socket.if_indextoname(scope)
             except OSError:
                 continue
+            router = addr.split("%")[0]  # Python scopes link-local addresses
             with self.lock:
-                new = self.routers.get(link) != addr
-                self.routers[link] = addr.split("%")[0]
+                new = self.routers.get(link) != router
+                self.routers[link] = router
             if new:
                 self.post("join")
 

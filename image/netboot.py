@@ -10,14 +10,14 @@ in memory (about the squashfs' size), which a node with a disk does not pay.
 from __future__ import annotations
 
 import hashlib
-import re
 import subprocess
 from pathlib import Path
 
 from firstboot import netboot
+from image import uki
 from image.errors import BuildError
 from image.root import VerityRoot
-from image.run import Log, run
+from image.run import Log
 from image.uki import COMMON
 
 # Where the root files sit in the netboot initrd, and the loop devices the
@@ -83,16 +83,6 @@ def newc_entries(data: bytes, start: int = 0) -> dict[str, tuple[int, int]]:
     return entries
 
 
-def sections(log: Log, efi: Path) -> dict[str, tuple[int, int]]:
-    """PE section name -> (file offset, size), from objdump."""
-    out = run(log, ["objdump", "-h", efi], capture=True)
-    found = {}
-    for m in re.finditer(r"^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+)\s",
-                         out, re.MULTILINE):
-        found[m.group(1)] = (int(m.group(3), 16), int(m.group(2), 16))
-    return found
-
-
 def _find(haystack: Path, needle: bytes) -> int:
     """Where needle starts in the file haystack (-1 if nowhere)."""
     return haystack.read_bytes().find(needle)
@@ -103,8 +93,8 @@ def make_recipe(log: Log, signed: Path, initrd: Path, netboot_initrd: Path, disk
     """The recipe of the signed netboot UKI: its kernel and initrd from the ESP's UKI,
     its root and verity from their partitions, the rest (headers, command line,
     cpio headers, signature: a few KiB) inline. Checked by assembling it."""
-    nb = sections(log, signed)
-    initrd_off = nb[".initrd"][0]
+    nb = uki.sections(log, signed)
+    initrd_off = nb[".initrd"].offset
     layout = newc_entries(netboot_initrd.read_bytes(), initrd.stat().st_size
                           + len(cpio_padding(initrd.stat().st_size)))
     regions: list[tuple[int, netboot.Segment]] = []
@@ -114,14 +104,13 @@ def make_recipe(log: Log, signed: Path, initrd: Path, netboot_initrd: Path, disk
             raise BuildError(f"the netboot initrd's {name} is not {src.name}")
         regions.append((initrd_off + offset, netboot.Segment(kind, 0, size)))
     # The kernel and the initrd, where the ESP holds them inside the disk's UKI.
-    uki = sections(log, disk_uki)
-    uki_head = disk_uki.read_bytes()[:1 << 16]
-    base = _find(esp_image, uki_head)
+    on_esp = uki.sections(log, disk_uki)
+    base = _find(esp_image, disk_uki.read_bytes()[:1 << 16])
     if base >= 0:
-        for section, length in ((".linux", nb[".linux"][1]),
+        for section, length in ((".linux", nb[".linux"].size),
                                 (".initrd", initrd.stat().st_size)):
-            regions.append((nb[section][0], netboot.Segment("esp", base + uki[section][0],
-                                                            length)))
+            regions.append((nb[section].offset,
+                            netboot.Segment("esp", base + on_esp[section].offset, length)))
     else:
         log.write("the UKI is not contiguous on the ESP: the recipe holds the kernel and initrd")
     segments: list[netboot.Segment] = []

@@ -7,6 +7,7 @@ stub's own, page aligned, as ukify does.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from image.root import VerityRoot
@@ -35,13 +36,23 @@ def disk_cmdline(root: VerityRoot) -> str:
         "root=/dev/mapper/root", "rootfstype=squashfs", "ro", *COMMON))
 
 
+@dataclass(frozen=True)
+class Section:
+    size: int
+    vma: int
+    offset: int  # in the file
+
+
+def sections(log: Log, efi: Path) -> dict[str, Section]:
+    """A PE file's sections, from `objdump -h`."""
+    out = run(log, ["objdump", "-h", efi], capture=True)
+    return {m.group(1): Section(int(m.group(2), 16), int(m.group(3), 16), int(m.group(4), 16))
+            for m in re.finditer(r"^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+([0-9a-f]+)\s+[0-9a-f]+\s+"
+                                 r"([0-9a-f]+)\s", out, re.MULTILINE)}
+
+
 def _stub_end(log: Log) -> int:
-    out = run(log, ["objdump", "-h", STUB], capture=True)
-    end = 0
-    for m in re.finditer(r"^\s*\d+\s+\S+\s+([0-9a-f]+)\s+([0-9a-f]+)\s", out, re.MULTILINE):
-        size, vma = int(m.group(1), 16), int(m.group(2), 16)
-        end = max(end, vma + size)
-    return end
+    return max(s.vma + s.size for s in sections(log, STUB).values())
 
 
 def _align(n: int) -> int:

@@ -173,17 +173,13 @@ def _policy(v: Any) -> str:
     return str(v)
 
 
-def _identity_globs(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        raise ValueError('expected a list of hardware identities or MAC globs, e.g. '
-                         '["mac:52:54:00:*", "52:54:00:12:*", "dmi:4c4c4544-*"]')
-    return tuple(v)
+def _globs(what: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(v: Any) -> tuple[str, ...]:
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise ValueError(f"expected a list of {what}")
+        return tuple(v)
 
-
-def _globs(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        raise ValueError("expected a list of interface names or globs")
-    return tuple(v)
+    return parse
 
 
 def _ipv6_net(prefixlen: int) -> Callable[[Any], IPv6Network]:
@@ -258,7 +254,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "dead_interval": (_int(2, 240), 3),
         "bfd_interval_ms": (_int(10, 10_000), 100),
         "bfd_multiplier": (_int(2, 255), 3),
-        "not_mesh": (_globs, []),
+        "not_mesh": (_globs("interface names or globs"), []),
     },
     "pods": {
         "range": (_ipv4_net(8, 24), _REQUIRED),
@@ -285,7 +281,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     },
     "join": {
         "policy": (_policy, "manual"),
-        "allow": (_identity_globs, []),
+        "allow": (_globs('hardware identities or MAC globs, e.g. ["mac:52:54:00:*", '
+                         '"52:54:00:12:*", "dmi:4c4c4544-*"]'), []),
     },
 }
 TOP_LEVEL = {"version", "name", *SCHEMA, "anycast"}

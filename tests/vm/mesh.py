@@ -132,6 +132,12 @@ class Mesh:
         return kept
 
 
+def nic_with_mac(vm: VM, mac: str) -> str:
+    """The guest's name for its NIC with this MAC."""
+    links = json.loads(vm.ssh("ip -j link show").stdout)
+    return str(next(x["ifname"] for x in links if x.get("address") == mac))
+
+
 def status(vm: VM) -> dict[str, Any]:
     """The node's own `kubermesh status --json`."""
     out = vm.ssh("kubermesh status --json", timeout=60).stdout

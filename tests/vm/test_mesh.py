@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.vm.conftest import Guests, Image
-from tests.vm.mesh import status, wait_status
+from tests.vm.mesh import nic_with_mac, status, wait_status
 from tests.vm.qemu import VM, poll
 
 pytestmark = pytest.mark.vm
@@ -111,8 +111,7 @@ def test_line_a_reaches_c_through_b(guests: Guests, line: dict[str, dict[str, An
 
 
 def _mgmt_nic(vm: VM) -> str:
-    links = json.loads(vm.ssh("ip -j link show").stdout)
-    return str(next(x["ifname"] for x in links if x.get("address") == vm.mgmt_mac))
+    return nic_with_mac(vm, vm.mgmt_mac)
 
 
 def test_overlay_a_pings_c_pod_address(guests: Guests, line: dict[str, dict[str, Any]]) -> None:

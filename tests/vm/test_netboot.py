@@ -17,16 +17,11 @@ import time
 import pytest
 
 from tests.vm.conftest import Guests, Image
-from tests.vm.mesh import wait_status
+from tests.vm.mesh import nic_with_mac, wait_status
 from tests.vm.qemu import VM, poll
 from tests.vm.test_mesh import JOIN_TIMEOUT, routes_all, succeeds
 
 pytestmark = pytest.mark.vm
-
-
-def _link_to(vm: VM, mac: str) -> str:
-    links = json.loads(vm.ssh("ip -j link show").stdout)
-    return str(next(x["ifname"] for x in links if x.get("address") == mac))
 
 
 def _journal_seconds(vm: VM, message: str) -> float | None:
@@ -43,7 +38,7 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     a.wait_ssh()
     b.wait_ssh()
     guests.mesh.plug(guests.a_netboot)
-    link = _link_to(a, guests.a_netboot.a_nic.mac)
+    link = nic_with_mac(a, guests.a_netboot.a_nic.mac)
     # a serves on the new cable at once: its neighbour (none yet) is not a member.
     served = wait_status(a, f"netboot served on {link}", lambda st: any(
         s["link"] == link for s in st["provision"].get("serving", ())), 120)
