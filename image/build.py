@@ -113,6 +113,9 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
     tree.link_site(t)
     tree.write_os_release(t, version)
     kver, vmlinuz = tree.kernel(t)
+    pruned = _timed("Leaving out what a mesh PC cannot use (sound, radios, GPUs, ...)",
+                    lambda: tree.prune(log, t, kver), times)
+    tree.depmod(log, t, kver)
     initrd_img = _timed(f"Building the initrd (dracut, kernel {kver})",
                         lambda: initrd.dracut(log, t, kver), times)
     packages = tree.debian_packages(log, t)
@@ -161,6 +164,7 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
             "root_squashfs": squashfs.stat().st_size, "root_verity": vroot.verity.stat().st_size,
             "kernel": vmlinuz.stat().st_size, "initrd": initrd_img.stat().st_size,
             "tree_largest_dirs": top,
+            "pruned_from_tree": sum(pruned.values()),
         }
         m: dict[str, Any] = {
             "image": "kubermesh", "version": version,
@@ -176,6 +180,7 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
             "site": manifest.site_fingerprint(site_text, site.name, generated,
                                               site.boot.certificate),
             "units": units,
+            "pruned": sorted(pruned),
             "sizes": sizes, "step_seconds": times,
             "packages": {"debian": packages, "python": python},
             "artifacts": {"disk": RAW, "uki": UKI, "netboot_uki": NETBOOT_UKI},

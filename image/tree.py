@@ -175,7 +175,10 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
     run(log, ["systemctl", "--root", tree, "preset", *presets])
     # networkd's [Install] Also= enables wait-online, which fails on a node whose
     # links have no DHCP (every mesh link): nothing in the image waits for "online".
-    run(log, ["systemctl", "--root", tree, "mask", "systemd-networkd-wait-online.service"])
+    # hwdb-update would recompile udev's hardware database into /etc from sources
+    # the image leaves out (prune): the shipped hwdb.bin is the database.
+    run(log, ["systemctl", "--root", tree, "mask", "systemd-networkd-wait-online.service",
+              "systemd-hwdb-update.service"])
     return units
 
 
@@ -269,6 +272,82 @@ def kernel(tree: Path) -> tuple[str, Path]:
     if not vmlinuz.is_file():
         raise BuildError(f"the tree has no /boot/vmlinuz-{kver}")
     return kver, vmlinuz
+
+
+# What a mesh PC cannot use, left out of the root (and so out of the RAM of a
+# netbooted node): sound, radios, cameras and TV cards, GPUs beyond the firmware's
+# framebuffer (simpledrm, efifb and the small drm drivers stay), InfiniBand,
+# Fibre Channel and iSCSI HBAs, sensors for industrial I/O, drivers still in
+# staging, and cluster or flash file systems. NICs, storage (SATA, NVMe, USB,
+# SCSI/SAS), USB, HID, the file systems a node or a pod volume mounts (ext4,
+# xfs, btrfs, vfat, NFS, SMB, Ceph), netfilter, bridges and tunnels all stay.
+PRUNED_MODULES = (
+    "sound", "drivers/media", "drivers/staging", "drivers/iio", "drivers/isdn",
+    "drivers/comedi", "drivers/infiniband", "drivers/bluetooth", "drivers/nfc",
+    "drivers/net/wireless", "drivers/net/wwan", "drivers/net/can", "drivers/net/wan",
+    "drivers/net/hamradio", "drivers/net/ieee802154", "drivers/target", "drivers/mtd",
+    "drivers/gpu/drm/amd", "drivers/gpu/drm/i915", "drivers/gpu/drm/nouveau",
+    "drivers/gpu/drm/radeon", "drivers/gpu/drm/vmwgfx", "drivers/gpu/drm/gma500",
+    "drivers/scsi/lpfc", "drivers/scsi/qla2xxx", "drivers/scsi/qla4xxx", "drivers/scsi/bfa",
+    "drivers/scsi/cxgbi", "drivers/scsi/be2iscsi", "drivers/scsi/bnx2fc", "drivers/scsi/bnx2i",
+    "drivers/scsi/qedf", "drivers/scsi/qedi", "drivers/scsi/csiostor", "drivers/scsi/fnic",
+    "drivers/scsi/snic",
+    "net/wireless", "net/mac80211", "net/bluetooth", "net/nfc", "net/ieee802154",
+    "net/mac802154", "net/can",
+    "fs/ocfs2", "fs/gfs2", "fs/dlm", "fs/orangefs", "fs/afs", "fs/nilfs2", "fs/jffs2",
+    "fs/ubifs", "fs/reiserfs", "fs/jfs", "fs/nfsd",
+    "lib/test_*.ko",  # the kernel's self-tests
+)
+# Files nothing on a node runs (globs under the tree):
+PRUNED_FILES = (
+    # containerd's legacy v1 shims: the CRI uses io.containerd.runc.v2.
+    "usr/bin/containerd-shim", "usr/bin/containerd-shim-runc-v1",
+    # CNI plugins no pod network of ours names (mesh/cni.py: bridge, host-local,
+    # loopback; portmap, bandwidth, firewall and tuning stay for workloads).
+    *(f"usr/lib/cni/{p}" for p in ("dhcp", "host-device", "ipvlan", "macvlan", "ptp", "sbr",
+                                    "static", "vlan", "vrf")),
+    # FRR's other routing daemons: a node runs zebra, ospf6d, bfdd, staticd, watchfrr.
+    *(f"usr/lib/frr/{d}" for d in ("babeld", "bgpd", "eigrpd", "fabricd", "isisd", "ldpd",
+                                    "nhrpd", "ospfd", "pathd", "pbrd", "pimd", "ripd", "ripngd",
+                                    "vrrpd")),
+    "usr/lib/x86_64-linux-gnu/frr/modules/bgpd_bmp.so",
+    "usr/lib/x86_64-linux-gnu/frr/modules/pathd_pcep.so",
+    # glibc's iconv converters (UTF-8 and Latin-1 are built in; nothing here converts).
+    "usr/lib/x86_64-linux-gnu/gconv",
+    # The hardware database's sources: udev reads the compiled hwdb.bin, and
+    # systemd-hwdb-update is masked (units/presets) so that nothing recompiles it.
+    "usr/lib/udev/hwdb.d",
+    # apt: an immutable node installs no packages.
+    "usr/bin/apt", "usr/bin/apt-*", "usr/lib/apt", "usr/lib/x86_64-linux-gnu/libapt-*",
+)
+
+
+def prune(log: Log, tree: Path, kver: str) -> dict[str, int]:
+    """Remove PRUNED_MODULES and PRUNED_FILES (then depmod); returns the bytes each
+    path removed, for the manifest. A pattern that matches nothing (a kernel without
+    that directory) is named in the build log."""
+    removed: dict[str, int] = {}
+    base = tree / "usr/lib/modules" / kver / "kernel"
+    wanted = [(base, m, f"modules/{m}") for m in PRUNED_MODULES]
+    wanted += [(tree, f, f) for f in PRUNED_FILES]
+    for top, pattern, name in wanted:
+        paths = sorted(top.glob(pattern))
+        if not paths:
+            log.write(f"prune: nothing matches {name} (already gone)")
+        for path in paths:
+            rel = str(path.relative_to(tree))
+            if path.is_dir() and not path.is_symlink():
+                removed[rel] = sum(f.lstat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path)
+            else:
+                removed[rel] = path.lstat().st_size
+                path.unlink()
+    return removed
+
+
+def depmod(log: Log, tree: Path, kver: str) -> None:
+    """Refresh the tree's module index after prune, with the image's own kmod."""
+    nspawn(log, tree, ["depmod", kver])
 
 
 def write_os_release(tree: Path, version: str) -> None:

@@ -196,3 +196,25 @@ def test_newc_entries_find_each_files_data(tmp_path: Path) -> None:
     assert data[off:off + size] == b"s" * 5
     off, size = entries["kubermesh/root.verity"]
     assert data[off:off + size] == b"v" * 3
+
+
+def test_prune_removes_what_a_mesh_pc_cannot_use(tmp_path: Path) -> None:
+    kver = "6.1.0-test-amd64"
+    t = tmp_path / "tree"
+    mods = t / "usr/lib/modules" / kver / "kernel"
+    keep = [mods / "drivers/net/ethernet/intel/e1000e/e1000e.ko", mods / "fs/ext4/ext4.ko",
+            t / "usr/lib/cni/bridge", t / "usr/lib/frr/ospf6d", t / "usr/bin/containerd"]
+    drop = [mods / "sound/core/snd.ko", mods / "drivers/gpu/drm/amd/amdgpu/amdgpu.ko",
+            mods / "lib/test_bpf.ko", t / "usr/lib/cni/macvlan", t / "usr/lib/frr/bgpd",
+            t / "usr/bin/apt-get", t / "usr/lib/udev/hwdb.d/20-OUI.hwdb"]
+    for f in keep + drop:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x" * 100)
+    log = Log(tmp_path / "build.log")
+    removed = tree.prune(log, t, kver)
+    assert all(f.exists() for f in keep)
+    assert not any(f.exists() for f in drop)
+    assert removed["usr/lib/modules/6.1.0-test-amd64/kernel/sound"] == 100
+    assert removed["usr/lib/udev/hwdb.d"] == 100 and removed["usr/bin/apt-get"] == 100
+    # What no tree holds is named in the log.
+    assert "nothing matches modules/drivers/media" in log.path.read_text()

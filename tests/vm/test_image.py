@@ -57,6 +57,29 @@ def test_kubermesh_units_installed_and_enabled(host: Any, image: Image) -> None:
     assert host.run("kubermesh site check /etc/kubermesh/site.toml").rc == 0
 
 
+# Drivers a mesh PC needs, by kind (image/tree.PRUNED_MODULES keeps them), and
+# ones it cannot use, which the image leaves out.
+KEPT_MODULES = ("e1000e", "igb", "igc", "r8169", "r8152", "tg3", "ixgbe", "nvme", "ahci",
+                "usb_storage", "uas", "xhci_pci", "usbhid", "hid_generic", "uhid",
+                "br_netfilter", "vxlan", "nf_tables", "xfs", "nfs", "cifs", "drm")
+PRUNED_MODULES = ("snd_hda_intel", "amdgpu", "i915", "nouveau", "iwlwifi", "cfg80211",
+                  "bluetooth", "uvcvideo", "ib_core", "lpfc", "ocfs2")
+
+
+def test_what_a_mesh_pc_uses_is_kept_and_the_rest_left_out(host: Any, image: Image) -> None:
+    for m in KEPT_MODULES:
+        r = host.run(f"modinfo -F filename {m}")
+        assert r.rc == 0 and r.stdout.strip(), f"{m} is missing from the image: {r.stderr}"
+    for m in PRUNED_MODULES:
+        assert host.run(f"modinfo -F filename {m}").rc != 0, f"{m} is still in the image"
+    # The module index matches what is there (depmod ran after pruning).
+    assert host.run("modprobe --show-depends nvme").rc == 0
+    assert image.manifest["sizes"]["pruned_from_tree"] > 100 << 20
+    assert host.file("/usr/lib/systemd/system/systemd-hwdb-update.service").exists
+    assert host.run("systemctl is-enabled systemd-hwdb-update.service").stdout.strip() == \
+        "masked"
+
+
 def test_shipped_python_matches_the_lock(host: Any, image: Image) -> None:
     out = host.check_output("/usr/lib/kubermesh/bin/python3 -c "
                             "'import importlib.metadata as m, json; "
