@@ -159,7 +159,7 @@ class Join(Controller):
         answer = json.loads(body)
         if answer.get("state") != "approved" or "sealed" not in answer:
             self._say(f"waiting for approval from {self.server} (kubermesh nodes approve "
-                      f"{self.cfg.node_id}, on any node)")
+                      f"{self.cfg.node_id}, on any node; key {self.request.fingerprint})")
             return before != self.state
         self._take(answer["sealed"])
         return True

@@ -71,8 +71,8 @@ class Request:
     def summary(self) -> dict[str, Any]:
         r = self.request
         return {"id": r.node_id, "hardware": r.hardware, "macs": list(r.macs),
-                "client": self.client, "state": self.state, "since": self.since,
-                "fetched": self.fetched}
+                "key": r.fingerprint, "client": self.client, "state": self.state,
+                "since": self.since, "fetched": self.fetched}
 
 
 def _cmdline_device(value: str, dev: Path) -> Path:

@@ -218,12 +218,13 @@ def nodes_pending(args: argparse.Namespace) -> None:
     if not held:
         say("no join requests" + ("" if args.all else " waiting"))
         return
-    print(f"{'id':<18}{'state':<10}{'age':>6}  {'hardware':<44} via")
+    # key: compare it with the one the joining PC's console shows before approving.
+    print(f"{'id':<18}{'state':<10}{'age':>6}  {'key':<25}{'hardware':<44} via")
     for h in sorted(held, key=lambda x: x.request["since"]):
         r = h.request
         age = f"{time.time() - r['since']:.0f}s"
-        print(f"{r['id']:<18}{r['state']:<10}{age:>6}  {r['hardware']:<44} {h.holder} "
-              f"({r['client']})")
+        print(f"{r['id']:<18}{r['state']:<10}{age:>6}  {r.get('key', '?'):<25}"
+              f"{r['hardware']:<44} {h.holder} ({r['client']})")
 
 
 def nodes_approve(args: argparse.Namespace) -> None:

@@ -42,6 +42,14 @@ class JoinRequest:
     macs: tuple[str, ...]  # the node's permanent MACs
     public_key: bytes  # X25519, 32 bytes
 
+    @property
+    def fingerprint(self) -> str:
+        """What an operator compares before approving: the joining PC's console shows
+        it, `kubermesh nodes pending` shows what the neighbour received (the first
+        80 bits of the key's SHA-256, in five groups)."""
+        h = hashlib.sha256(self.public_key).hexdigest()[:20]
+        return "-".join(h[i:i + 4] for i in range(0, 20, 4))
+
     def to_json(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "hardware": self.hardware, "macs": list(self.macs),
                 "public_key": base64.b64encode(self.public_key).decode()}

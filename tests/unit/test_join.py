@@ -32,6 +32,14 @@ def test_requests_round_trip_and_bad_fields_are_named() -> None:
         JoinRequest.from_json([1])
 
 
+def test_fingerprint_is_the_keys_and_what_the_neighbour_received() -> None:
+    r = request(public_key=bytes(32))
+    # sha256 of 32 zero bytes begins 66687aadf862bd776c8f...
+    assert r.fingerprint == "6668-7aad-f862-bd77-6c8f"
+    assert JoinRequest.from_json(r.to_json()).fingerprint == r.fingerprint
+    assert request().fingerprint != request().fingerprint  # a fresh key each time
+
+
 @pytest.mark.parametrize(("policy", "allow", "expected"), [
     ("manual", ("52:54:00:*",), "pending"),
     ("auto", (), "approved"),
