@@ -37,12 +37,29 @@ class Kubelet(Controller):
         self.cfg, self.overlay = cfg, overlay
         self.written: dict[Path, tuple[str, int]] = {}
         self.state = NOT_INSTALLED
+        self.version: tuple[int, int] | None = None
+
+    def kubelet_version(self) -> tuple[int, int]:
+        """The installed kubelet's (major, minor), asked once; without a kubelet (or
+        an answer), the newest shape the renderers know."""
+        if self.version is None:
+            binary = self.cfg.paths.kubelet_binary
+            self.version = kubelet.NEWEST
+            if binary.exists():
+                r = subprocess.run([str(binary), "--version"], capture_output=True,
+                                   text=True, timeout=60, check=False)
+                try:
+                    self.version = kubelet.kubelet_version(r.stdout)
+                except ValueError as e:
+                    log.warning("%s --version: %s; configuring it as %d.%d", binary, e,
+                                *kubelet.NEWEST)
+        return self.version
 
     def reconcile(self) -> bool:
         block = self.overlay.block
         if block is not None:
             files = kubelet.render_all(self.cfg.site, self.cfg.node.hostname, block,
-                                       kubelet_paths(self.cfg))
+                                       kubelet_paths(self.cfg), self.kubelet_version())
             if files != self.written:
                 for path, (text, mode) in files.items():  # the bootstrap token: 0600
                     write_atomic(path, text, mode, only_if_changed=True)

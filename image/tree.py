@@ -143,7 +143,8 @@ def fetch_wheels(log: Log, src: Sources, wheels: Path, cache: Path) -> None:
 
 
 def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
-    """units/ into the tree: units, presets, tmpfiles, sysctl, the initrd's dracut module.
+    """units/ into the tree: units, presets, tmpfiles, sysctl, modules to load, the
+    initrd's dracut module.
 
     Units are enabled by the preset file, never one by one. Returns the units.
     """
@@ -154,6 +155,7 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
         "system-preset": lib / "systemd/system-preset",
         "tmpfiles.d": lib / "tmpfiles.d",
         "sysctl.d": lib / "sysctl.d",
+        "modules-load.d": lib / "modules-load.d",
         "repart.d": lib / "kubermesh/repart.d",
         "sshd_config.d": tree / "etc/ssh/sshd_config.d",
         "dracut": lib / "dracut/modules.d/90kubermesh",

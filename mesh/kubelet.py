@@ -12,6 +12,7 @@ node's IPv4 /32 (the first address of its pod block), which every node routes.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -22,6 +23,20 @@ from mesh.site import Site
 
 APISERVER_PORT = 6443
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+# Until 1.27 the kubelet takes its runtime from flags (`--container-runtime=remote`,
+# needed by 1.20-1.23, deprecated until 1.27, which rejects it); from 1.27 on, from
+# containerRuntimeEndpoint in its configuration file (which 1.20 ignores).
+RUNTIME_IN_CONFIG = (1, 27)
+NEWEST = (1, 31)  # what a node assumes when it cannot ask its kubelet
+
+
+def kubelet_version(text: str) -> tuple[int, int]:
+    """(major, minor) from `kubelet --version` ("Kubernetes v1.20.2"); ValueError
+    says what it got when that is not a version."""
+    m = re.search(r"\bv?(\d+)\.(\d+)\.\d+", text)
+    if m is None:
+        raise ValueError(f"not a Kubernetes version: {text.strip()[:80]!r}")
+    return int(m.group(1)), int(m.group(2))
 
 _env = render.environment("mesh")
 
@@ -64,12 +79,15 @@ def render_containerd(paths: KubeletPaths, pause_image: str = PAUSE_IMAGE) -> st
 
 
 def render_kubelet_config(site: Site, hostname: str, pod_block: IPv4Network,
-                          paths: KubeletPaths) -> str:
+                          paths: KubeletPaths, version: tuple[int, int] = NEWEST) -> str:
     return _env.get_template("kubelet-config.yaml.j2").render(
         hostname=hostname, ca_file=str(paths.ca_file),
-        runtime_endpoint=f"unix://{paths.containerd_socket}", cluster_domain="cluster.local",
+        runtime_endpoint=(f"unix://{paths.containerd_socket}"
+                          if version >= RUNTIME_IN_CONFIG else ""),
+        cluster_domain="cluster.local",
         cluster_dns=cluster_dns(site), pod_block=pod_block,
-        static_pod_path=str(paths.static_pod_path))
+        static_pod_path=str(paths.static_pod_path),
+        volume_plugin_dir=str(paths.kubelet_dir / "volumeplugins"))
 
 
 def render_kubeconfig(site: Site, hostname: str, paths: KubeletPaths, bootstrap: bool) -> str:
@@ -79,29 +97,37 @@ def render_kubeconfig(site: Site, hostname: str, paths: KubeletPaths, bootstrap:
         token=site.secrets.bootstrap_token if bootstrap else "")
 
 
-def kubelet_args(node_ip: IPv4Address, hostname: str, paths: KubeletPaths) -> list[str]:
+def kubelet_args(node_ip: IPv4Address, hostname: str, paths: KubeletPaths,
+                 version: tuple[int, int] = NEWEST) -> list[str]:
     k = paths.run_dir / "kubelet"
-    return [f"--config={k / 'config.yaml'}", f"--kubeconfig={paths.kubeconfig}",
+    args = [f"--config={k / 'config.yaml'}", f"--kubeconfig={paths.kubeconfig}",
             f"--bootstrap-kubeconfig={k / 'bootstrap-kubeconfig'}",
             f"--node-ip={node_ip}", f"--hostname-override={hostname}"]
+    if version < RUNTIME_IN_CONFIG:
+        args += ["--container-runtime=remote",
+                 f"--container-runtime-endpoint=unix://{paths.containerd_socket}"]
+    return args
 
 
-def render_env(node_ip: IPv4Address, hostname: str, paths: KubeletPaths) -> str:
+def render_env(node_ip: IPv4Address, hostname: str, paths: KubeletPaths,
+               version: tuple[int, int] = NEWEST) -> str:
     # Quoted twice: each argument for the unit's word splitting of ${KUBELET_ARGS},
     # the whole line for EnvironmentFile=.
-    args = " ".join(shlex.quote(a) for a in kubelet_args(node_ip, hostname, paths))
+    args = " ".join(shlex.quote(a) for a in kubelet_args(node_ip, hostname, paths, version))
     return _env.get_template("kubelet.env.j2").render(args=shlex.quote(args))
 
 
-def render_all(site: Site, hostname: str, pod_block: IPv4Network,
-               paths: KubeletPaths) -> dict[Path, tuple[str, int]]:
-    """Every file: path -> (content, mode). The bootstrap token is for root only."""
+def render_all(site: Site, hostname: str, pod_block: IPv4Network, paths: KubeletPaths,
+               version: tuple[int, int] = NEWEST) -> dict[Path, tuple[str, int]]:
+    """Every file: path -> (content, mode), for the kubelet of that (major, minor)
+    version. The bootstrap token is for root only."""
     node_ip = pods.node_address(pod_block)
     k = paths.run_dir / "kubelet"
+    config = render_kubelet_config(site, hostname, pod_block, paths, version)
     return {
         paths.run_dir / "containerd" / "config.toml": (render_containerd(paths), 0o644),
-        k / "config.yaml": (render_kubelet_config(site, hostname, pod_block, paths), 0o644),
+        k / "config.yaml": (config, 0o644),
         k / "bootstrap-kubeconfig": (render_kubeconfig(site, hostname, paths, True), 0o600),
-        k / "kubelet.env": (render_env(node_ip, hostname, paths), 0o644),
+        k / "kubelet.env": (render_env(node_ip, hostname, paths, version), 0o644),
         paths.kubeconfig: (render_kubeconfig(site, hostname, paths, False), 0o600),
     }

@@ -22,6 +22,10 @@ DHCPV6_SERVER_PORT = 547
 _env = render.environment("mesh")
 
 
+# Clouds' instance metadata service: the node sends nothing to it.
+CLOUD_METADATA = "169.254.169.254"
+
+
 @dataclass(frozen=True)
 class FilterSpec:
     mesh_links: tuple[str, ...]  # every mesh NIC of the node
@@ -50,4 +54,5 @@ def render_nftables(spec: FilterSpec) -> str:
     return _env.get_template("nftables.conf.j2").render(
         table=TABLE, bridge=bridge, mesh_links=mesh_links, full_links=full_links,
         serving_links=serving, tcp_ports=sorted(set(spec.mesh_tcp_ports)),
-        dhcpv6=DHCPV6_SERVER_PORT, provisioning_port=provision.HTTP_PORT)
+        dhcpv6=DHCPV6_SERVER_PORT, provisioning_port=provision.HTTP_PORT,
+        metadata=CLOUD_METADATA)

@@ -63,6 +63,23 @@ def test_the_configuration_follows_the_block(tmp_path: Path,
     assert env in writes
 
 
+@pytest.mark.parametrize(("prints", "flags"), [
+    ("Kubernetes v1.20.2", True), ("Kubernetes v1.31.2", False), ("oops", False)])
+def test_the_installed_kubelets_version_shapes_its_files(
+        tmp_path: Path, prints: str, flags: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    k, ov = controller(tmp_path)
+    monkeypatch.setattr(Kubelet, "_unit_state", lambda self: "inactive")  # no host systemd
+    binary = k.cfg.paths.kubelet_binary
+    binary.parent.mkdir(parents=True)
+    binary.write_text(f"#!/bin/sh\necho '{prints}'\n")
+    binary.chmod(0o755)
+    ov.block = BLOCK
+    k.reconcile()
+    env = (k.cfg.paths.run_dir / "kubelet" / "kubelet.env").read_text()
+    assert ("--container-runtime=remote" in env) is flags
+    assert k.version == ((1, 20) if flags else kubelet.NEWEST)
+
+
 def test_the_kubelet_units_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     k, _ = controller(tmp_path)
     calls: list[list[str]] = []

@@ -24,12 +24,47 @@ def site() -> Site:
     return parse_site(tomllib.loads(new_site_toml("warehouse")))
 
 
-def files(site: Site, tmp_path: Path) -> dict[str, tuple[str, int]]:
+def files(site: Site, tmp_path: Path,
+          version: tuple[int, int] = kubelet.NEWEST) -> dict[str, tuple[str, int]]:
     paths = kubelet.KubeletPaths(run_dir=tmp_path / "run", kubelet_dir=tmp_path / "kubelet",
                                  ca_file=tmp_path / "ca.crt",
                                  cni_conf_dir=tmp_path / "run" / "cni" / "net.d")
-    return {str(p.relative_to(tmp_path)): v
-            for p, v in kubelet.render_all(site, "km-0123456789ab", BLOCK, paths).items()}
+    return {str(p.relative_to(tmp_path)): v for p, v in
+            kubelet.render_all(site, "km-0123456789ab", BLOCK, paths, version).items()}
+
+
+def args_of(env: str) -> list[str]:
+    line = next(x for x in env.splitlines() if x.startswith("KUBELET_ARGS="))
+    return shlex.split(shlex.split(line.removeprefix("KUBELET_ARGS="))[0])
+
+
+@pytest.mark.parametrize(("text", "version"), [
+    ("Kubernetes v1.20.2\n", (1, 20)), ("Kubernetes v1.31.2", (1, 31)),
+    ("Kubernetes v1.27.0-rc.1", (1, 27))])
+def test_kubelet_version_is_read_from_its_output(text: str, version: tuple[int, int]) -> None:
+    assert kubelet.kubelet_version(text) == version
+
+
+def test_a_version_that_is_not_one_is_named() -> None:
+    with pytest.raises(ValueError, match="not a Kubernetes version: 'segfault'"):
+        kubelet.kubelet_version("segfault\n")
+
+
+def test_kubelet_120_takes_its_runtime_from_flags(site: Site, tmp_path: Path) -> None:
+    out = files(site, tmp_path, (1, 20))
+    args = args_of(out["run/kubelet/kubelet.env"][0])
+    assert "--container-runtime=remote" in args
+    assert "--container-runtime-endpoint=unix:///run/containerd/containerd.sock" in args
+    conf = yaml.safe_load(out["run/kubelet/config.yaml"][0])
+    assert "containerRuntimeEndpoint" not in conf
+
+
+def test_kubelet_131_takes_its_runtime_from_its_config(site: Site, tmp_path: Path) -> None:
+    out = files(site, tmp_path, (1, 31))
+    args = args_of(out["run/kubelet/kubelet.env"][0])
+    assert not any(a.startswith("--container-runtime") for a in args)  # 1.27+ rejects it
+    conf = yaml.safe_load(out["run/kubelet/config.yaml"][0])
+    assert conf["containerRuntimeEndpoint"] == "unix:///run/containerd/containerd.sock"
 
 
 def test_every_file_is_rendered_with_safe_modes(site: Site, tmp_path: Path) -> None:
@@ -83,12 +118,15 @@ def test_kubelet_config(site: Site, tmp_path: Path) -> None:
     assert conf["clusterDNS"] == [str(site.services.range.network_address + 10)]
     assert conf["containerRuntimeEndpoint"] == "unix:///run/containerd/containerd.sock"
     assert conf["authentication"]["anonymous"]["enabled"] is False
+    # Flexvolume plugins go where the node can write (the root is read-only).
+    assert conf["volumePluginDir"].endswith("/volumeplugins")
+    assert not conf["volumePluginDir"].startswith("/usr")
 
 
 def test_node_ip_is_the_nodes_ipv4_address(site: Site, tmp_path: Path) -> None:
     env = files(site, tmp_path)["run/kubelet/kubelet.env"][0]
     line = next(x for x in env.splitlines() if x.startswith("KUBELET_ARGS="))
-    args = shlex.split(shlex.split(line.removeprefix("KUBELET_ARGS="))[0])
+    args = args_of(env)
     assert "--node-ip=10.245.7.1" in args
     assert "--hostname-override=km-0123456789ab" in args
     assert f"--bootstrap-kubeconfig={tmp_path}/run/kubelet/bootstrap-kubeconfig" in args

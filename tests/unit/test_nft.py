@@ -178,3 +178,24 @@ def test_applying_twice_replaces_only_its_own_table(netns: str, tmp_path: Path) 
     assert '"m3"' in full_set and '"m4"' in full_set and '"m2"' not in full_set
     assert nft(netns, "list", "chain", "inet", TABLE, "forward").stdout.count("accept") == 4
     assert "tcp dport 9 counter" in nft(netns, "list", "table", "inet", "other").stdout
+
+
+def test_nothing_reaches_a_cloud_metadata_service(netns: str, tmp_path: Path) -> None:
+    """Even where 169.254.169.254 answers (here: on lo), the node's own packets to it
+    are dropped and counted; its neighbour address still answers."""
+    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True,
+                              text=True, check=False, timeout=30)
+
+    for cmd in (("ip", "link", "set", "lo", "up"),
+                ("ip", "addr", "add", "169.254.169.254/32", "dev", "lo"),
+                ("ip", "addr", "add", "169.254.169.253/32", "dev", "lo")):
+        assert run(*cmd).returncode == 0
+    assert run("ping", "-c", "1", "-W", "2", "169.254.169.254").returncode == 0
+    script = tmp_path / "kubermesh.nft"
+    script.write_text(render_nftables(SPECS["full subset"]))
+    assert nft(netns, "-f", str(script)).returncode == 0
+    assert run("ping", "-c", "1", "-W", "2", "169.254.169.254").returncode != 0
+    assert run("ping", "-c", "1", "-W", "2", "169.254.169.253").returncode == 0
+    out = nft(netns, "list", "chain", "inet", TABLE, "output").stdout
+    assert "ip daddr 169.254.169.254 counter packets 1 " in out, out
