@@ -301,7 +301,8 @@ def join_then_run(a: argparse.Namespace, paths: NodePaths, ident: HardwareIdenti
     rt = Runtime(events)
     listener = RouterListener(rt.post)
     links = Links(cfg)
-    joiner = Join(cfg, links, lambda: rt.stop("joined"), lambda: dict(listener.routers),
+    joiner = Join(cfg, links, lambda: rt.stop("joined", handover=True),
+                  lambda: dict(listener.routers),
                   listener.solicit)
     st = JoinStatus(cfg, links, joiner)
     rt.add(links, joiner, st)

@@ -178,9 +178,15 @@ class Runtime:
             self._posted.add(name)
         self._wake()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, handover: bool = False) -> None:
+        """End run() with reason. `handover`: the process goes on as another
+        program (exec) in the same service, so systemd is not told it is stopping:
+        STOPPING=1 would start its stop timeout, and it would kill the successor."""
         self._stopping = reason
+        self._handover = handover
         self._wake()
+
+    _handover = False
 
     def _wake(self) -> None:
         # Full of wake-ups already, or closed: the runtime has stopped.
@@ -301,7 +307,8 @@ class Runtime:
                     wait = 0.0
                 self._read_events(min(wait, IDLE))
         finally:
-            notify(STOPPING="1")
+            if not self._handover:
+                notify(STOPPING="1")
             for c in reversed(self.controllers):
                 try:
                     c.close()

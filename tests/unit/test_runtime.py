@@ -314,3 +314,23 @@ def test_ready_once_the_named_controller_has_run(monkeypatch: pytest.MonkeyPatch
     assert rt.run(ready_after="first") == "TEST"
     assert said[:3] == ["first", "READY,STATUS", "second"], said
     assert said.count("READY,STATUS") == 1
+
+
+@pytest.mark.parametrize(("handover", "stopping"), [(False, True), (True, False)])
+def test_stopping_is_told_unless_the_process_hands_over(monkeypatch: pytest.MonkeyPatch,
+                                                        handover: bool, stopping: bool) -> None:
+    """A runtime that ends to exec its successor (join mode, then the full runtime with
+    the site) must not tell systemd STOPPING=1: systemd would start the stop timeout
+    and kill the successor 90 s later."""
+    said: list[str] = []
+
+    def notify(**fields: str) -> bool:
+        said.append(",".join(fields))
+        return True
+
+    monkeypatch.setattr(runtime, "notify", notify)
+    rt = Runtime(None)
+    rt.add(Counting())
+    threading.Timer(0.2, rt.stop, args=("joined", handover)).start()
+    assert rt.run() == "joined"
+    assert ("STOPPING" in said) is stopping, said
