@@ -178,7 +178,8 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
     # networkd's [Install] Also= enables wait-online, which fails on a node whose
     # links have no DHCP (every mesh link): nothing in the image waits for "online".
     # hwdb-update would recompile udev's hardware database into /etc from sources
-    # the image leaves out (prune): the shipped hwdb.bin is the database.
+    # the image leaves out (prune): the shipped hwdb.bin is the database. (Debian
+    # ships no such unit today; the mask keeps a future one from running.)
     run(log, ["systemctl", "--root", tree, "mask", "systemd-networkd-wait-online.service",
               "systemd-hwdb-update.service"])
     return units
@@ -317,7 +318,7 @@ PRUNED_FILES = (
     # glibc's iconv converters (UTF-8 and Latin-1 are built in; nothing here converts).
     "usr/lib/x86_64-linux-gnu/gconv",
     # The hardware database's sources: udev reads the compiled hwdb.bin, and
-    # systemd-hwdb-update is masked (units/presets) so that nothing recompiles it.
+    # systemd-hwdb-update is masked (install_units) so that nothing recompiles it.
     "usr/lib/udev/hwdb.d",
     # apt: an immutable node installs no packages.
     "usr/bin/apt", "usr/bin/apt-*", "usr/lib/apt", "usr/lib/x86_64-linux-gnu/libapt-*",

@@ -6,7 +6,11 @@ The guests, all booted from private copies of the same image:
 - twin: a's hardware identity (SMBIOS UUID, and a's MAC on its NIC), cabled to d
   with the cable unplugged until the conflict test;
 - corrupted: no cables; one byte of a file's data flipped inside its root partition;
-- netboot: diskless, cabled to a (unplugged until its test); it netboots from a.
+- netboot: diskless, cabled to a (unplugged until its test); it netboots from a;
+- wave: diskless, cabled to netboot (unplugged until its test); it netboots from
+  netboot, the next wave;
+- refused: diskless, cabled to corrupted, which serves it a tampered image.
+The diskless ones have Secure Boot on, with the site's boot certificate enrolled.
 Slow TCG boots overlap: a, b, c and corrupted at once, later d and twin with b's reboot.
 
 The image comes from $KUBERMESH_IMAGE (an output directory) or out/; a missing
@@ -55,6 +59,10 @@ class Guests:
     corrupted_offset: int  # byte flipped, from the start of the disk
     netboot: VM
     a_netboot: Cable
+    wave: VM
+    netboot_wave: Cable
+    refused: VM
+    corrupted_refused: Cable
 
 
 @pytest.fixture(scope="session")
@@ -84,8 +92,12 @@ def guests(image: Image, request: pytest.FixtureRequest) -> Iterator[Guests]:
         c_d = mesh.cable(c, d, plugged=False)
         d_twin = mesh.cable(twin, d, plugged=False, a_mac=a_b.a_nic.mac)
         corrupted = mesh.vm("corrupted")
-        netboot = mesh.vm("netboot", diskless=True)
+        cert = image.manifest["site"]["boot_certificate"]
+        netboot, wave, refused = (mesh.vm(n, diskless=True, secure_boot_cert=cert)
+                                  for n in ("netboot", "wave", "refused"))
         a_netboot = mesh.cable(a, netboot, plugged=False, b_boots=True)
+        netboot_wave = mesh.cable(netboot, wave, plugged=False, b_boots=True)
+        corrupted_refused = mesh.cable(corrupted, refused, plugged=False, b_boots=True)
         mesh.start(a, b, c)
         # While they boot: find a byte of the victim file's data and flip it on the copy.
         victim_disk = corrupted.disk
@@ -101,7 +113,8 @@ def guests(image: Image, request: pytest.FixtureRequest) -> Iterator[Guests]:
         corrupt.flip_byte(victim_disk, offset + inside)
         corrupted.start()
         yield Guests(mesh, a, b, c, d, twin, c_d, d_twin, corrupted, "/" + victim,
-                     offset + inside, netboot, a_netboot)
+                     offset + inside, netboot, a_netboot, wave, netboot_wave, refused,
+                     corrupted_refused)
     finally:
         # A failed test leaves the guests' consoles behind, and says where.
         kept = mesh.close(keep_logs=request.session.testsfailed > 0)

@@ -62,14 +62,17 @@ class Mesh:
         return f"52:54:00:6b:{self._macs >> 8:02x}:{self._macs & 0xFF:02x}"
 
     def vm(self, name: str, twin_of: str | None = None, memory_mib: int = MEMORY_MIB,
-           disk: Path | None = None, diskless: bool = False) -> VM:
+           disk: Path | None = None, diskless: bool = False,
+           secure_boot_cert: str | None = None) -> VM:
         """Declare a VM; `twin_of` gives it another VM's hardware identity (UUID);
-        `diskless` ones netboot from a neighbour (a cable with `boot=True`)."""
+        `diskless` ones netboot from a neighbour (a cable with `boot=True`);
+        `secure_boot_cert` (PEM) turns Secure Boot on, trusting only that certificate."""
         ident = self.vms[twin_of].uuid if twin_of else str(uuid.uuid4())
         if disk is None and not diskless:
             disk = self.disk_copy(name)
         vm = VM(name, disk, self.work, self.pubkey, self.key, memory_mib=memory_mib,
-                accel=self.accel, uuid=ident, mgmt_mac=self._mac())
+                accel=self.accel, uuid=ident, mgmt_mac=self._mac(),
+                secure_boot_cert=secure_boot_cert)
         self.vms[name] = vm
         return vm
 
@@ -164,3 +167,24 @@ def wait_status(vm: VM, what: str, check: Any, timeout: float = 600.0) -> dict[s
         return poll(f"{vm.name}: {what}", ok, timeout, every=3.0)
     except TimeoutError as e:
         raise AssertionError(f"{e}; last status:\n{json.dumps(last, indent=1)}") from None
+
+
+def serve_on(mesh: Mesh, cable: Cable) -> tuple[str, dict[str, Any]]:
+    """Plug cable: the node at its a end serves netboot on it at once (the neighbour
+    is no member yet). Returns that link's name on the server and what it offers."""
+    mesh.plug(cable)
+    link = nic_with_mac(cable.a, cable.a_nic.mac)
+    st = wait_status(cable.a, f"netboot served on {link}", lambda st: any(
+        s["link"] == link for s in st["provision"].get("serving", ())), 120)
+    return link, next(s for s in st["provision"]["serving"] if s["link"] == link)
+
+
+def served_whole(server: VM, size: int, timeout: float) -> dict[str, Any]:
+    """Wait until server has served the netboot image whole once; that record
+    (its size checked: the image's netboot UKI's)."""
+    st = wait_status(server, "the netboot image served whole", lambda st: any(
+        x["path"] == "/kubermesh.efi" and x["done"] for x in st["provision"]["served"]),
+        timeout)
+    done: dict[str, Any] = next(x for x in st["provision"]["served"] if x["done"])
+    assert done["bytes"] == size, done
+    return done

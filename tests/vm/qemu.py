@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ T = TypeVar("T")
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot: the firmware build that enforces it (it needs SMM), its variables
+# with the site's boot certificate enrolled as PK, KEK and db by virt-fw-vars.
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+CERT_OWNER = "6b75626d-6573-6800-0000-000000000001"  # the GUID the enrolled entries carry
 MGMT_MAC = "52:54:00:6b:6d:01"  # the management NIC of a test VM, unless it is given one
 BOOT_TIMEOUT = 900.0  # TCG boots in ~2 min alone; with two VMs on two shared cores, more
 
@@ -116,8 +121,11 @@ class VM:
     def __init__(self, name: str, disk: Path | None, workdir: Path, pubkey: str, key: Path,
                  memory_mib: int = 1536, accel: str = "tcg", uuid: str | None = None,
                  mgmt_mac: str = MGMT_MAC, nics: tuple[Nic, ...] = (),
-                 credentials: dict[str, str] | None = None) -> None:
+                 credentials: dict[str, str] | None = None,
+                 secure_boot_cert: str | None = None) -> None:
         self.name = name
+        # PEM: Secure Boot on, with this certificate the only one the firmware trusts.
+        self.secure_boot_cert = secure_boot_cert
         self.uuid = uuid  # SMBIOS system UUID: the node's hardware identity
         self.mgmt_mac = mgmt_mac
         self.nics = nics
@@ -143,9 +151,27 @@ class VM:
             "  ConnectTimeout 60\n  ServerAliveInterval 10\n  ServerAliveCountMax 6\n"
             f"  ControlMaster no\n  ControlPath {workdir}/{name}.ssh.sock\n")
 
+    def _enrolled_vars(self, vars_fd: Path) -> None:
+        """OVMF's variables with Secure Boot on and only the site's certificate in PK,
+        KEK and db (what an operator enrols in a PC's firmware setup)."""
+        assert self.secure_boot_cert is not None
+        cert = self.dir / f"{self.name}.boot-cert.pem"
+        cert.write_text(self.secure_boot_cert)
+        tool = Path(sys.executable).parent / "virt-fw-vars"
+        subprocess.run([str(tool), "--input", str(OVMF_VARS), "--output", str(vars_fd),
+                        "--set-pk", CERT_OWNER, str(cert), "--add-kek", CERT_OWNER, str(cert),
+                        "--add-db", CERT_OWNER, str(cert), "--secure-boot"],
+                       check=True, capture_output=True, timeout=120)
+
     def start(self) -> None:
         vars_fd = self.dir / f"{self.name}.OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, vars_fd)
+        if self.secure_boot_cert:
+            self._enrolled_vars(vars_fd)
+        else:
+            shutil.copyfile(OVMF_VARS, vars_fd)
+        code, machine = OVMF_CODE, "q35"
+        if self.secure_boot_cert:
+            code, machine = OVMF_CODE_SECBOOT, "q35,smm=on"
         cpu = "max" if self.accel == "tcg" else "host"
         credentials = {
             "ssh.authorized_keys.root": self.pubkey,
@@ -155,9 +181,9 @@ class VM:
         }
         cmd = [
             "nice", "-n", "10", "qemu-system-x86_64", "-name", self.name,
-            "-machine", "q35", "-accel", self.accel, "-cpu", cpu,
+            "-machine", machine, "-accel", self.accel, "-cpu", cpu,
             "-smp", "1", "-m", str(self.memory), "-nodefaults", "-display", "none",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
             # restrict=on: no packet leaves the guest (hostfwd still reaches its sshd).
             "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
@@ -174,12 +200,19 @@ class VM:
             # Diskless: the firmware boots over the mesh NIC marked boot, IPv6 only, as
             # a PC set up for it would (docs/netboot.md).
             cmd += ["-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=no"]
+        if self.secure_boot_cert:  # only SMM code may write the variable store
+            cmd += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         if self.uuid:
             cmd += ["-uuid", self.uuid]
         for nic in self.nics:
             device = f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}"
-            if nic.boot:  # OVMF's own network stack (no iPXE ROM), first in the boot order
-                device += ",romfile=,bootindex=1"
+            # A diskless PC's NICs have only OVMF's own network stack, as a PC's
+            # firmware: QEMU's iPXE ROM on any one of them drives them all (and
+            # Secure Boot refuses it), and the netboot finds nothing.
+            if self.disk is None:
+                device += ",romfile="
+            if nic.boot:  # first in the boot order
+                device += ",bootindex=1"
             if nic.speed_mbps:
                 device += f",speed={nic.speed_mbps},duplex=full"
             cmd += ["-netdev", f"socket,id={nic.netdev},udp=127.0.0.1:{nic.peer_port},"

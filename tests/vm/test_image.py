@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from tests.vm.conftest import ROOT, Guests, Image
-from tests.vm.qemu import VM
+from tests.vm.mesh import serve_on, served_whole
+from tests.vm.qemu import VM, poll
 
 pytestmark = pytest.mark.vm
 
@@ -75,9 +76,12 @@ def test_what_a_mesh_pc_uses_is_kept_and_the_rest_left_out(host: Any, image: Ima
     # The module index matches what is there (depmod ran after pruning).
     assert host.run("modprobe --show-depends nvme").rc == 0
     assert image.manifest["sizes"]["pruned_from_tree"] > 100 << 20
-    assert host.file("/usr/lib/systemd/system/systemd-hwdb-update.service").exists
     assert host.run("systemctl is-enabled systemd-hwdb-update.service").stdout.strip() == \
         "masked"
+    # What Kubernetes expects of a node: bridged pod traffic through netfilter.
+    assert host.file("/sys/module/br_netfilter").exists
+    assert host.file("/sys/module/overlay").exists
+    assert host.sysctl("net.bridge.bridge-nf-call-iptables") == 1
 
 
 def test_shipped_python_matches_the_lock(host: Any, image: Image) -> None:
@@ -135,13 +139,6 @@ def test_secrets_and_keys(host: Any) -> None:
 
 def test_dm_verity_refuses_a_flipped_byte(guests: Guests) -> None:
     vm = guests.corrupted
-    try:
-        _check_flipped_byte(guests, vm)
-    finally:
-        vm.stop()  # its CPU is better spent on main's reboot
-
-
-def _check_flipped_byte(guests: Guests, vm: VM) -> None:
     vm.wait_ssh()
     r = vm.ssh(f"cat {guests.corrupted_file} > /dev/null", check=False)
     assert r.returncode != 0, "a file with a flipped byte was read without error"
@@ -152,3 +149,30 @@ def _check_flipped_byte(guests: Guests, vm: VM) -> None:
     assert vm.ssh(f"sha256sum {guests.corrupted_file}", check=False).returncode != 0
     # Everything else on the root still reads.
     assert vm.ssh("cat /usr/lib/os-release > /dev/null").returncode == 0
+
+
+def test_secure_boot_refuses_the_tampered_image_a_node_serves(guests: Guests,
+                                                              image: Image) -> None:
+    """corrupted's root has a flipped byte, so the netboot image it assembles from its
+    own partitions is not the one the site signed: a PC with Secure Boot on and the
+    site's certificate enrolled downloads it whole and refuses to run it. (The
+    diskless guests of tests/vm/test_netboot.py boot the genuine one that way.)"""
+    server, pc = guests.corrupted, guests.refused
+    try:
+        server.wait_ssh()
+        serve_on(guests.mesh, guests.corrupted_refused)
+        pc.start()
+        served_whole(server, image.manifest["sizes"]["netboot_uki"], 600)
+        mac = guests.corrupted_refused.b_nic.mac.replace(":", "").upper()
+
+        def verdict() -> str | None:
+            return next((ln for ln in pc.console_text().splitlines()
+                         if "failed to load" in ln and f"HTTPv6 (MAC:{mac})" in ln), None)
+
+        line = poll("the firmware's verdict on the served image", verdict, 300, every=5)
+        assert line.rstrip().endswith("Access Denied"), line
+        console = pc.console_text()
+        assert "EFI stub" not in console and "Linux version" not in console, console[-3000:]
+    finally:
+        pc.stop()
+        server.stop()  # its CPU is better spent on the mesh tests

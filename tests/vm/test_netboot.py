@@ -1,24 +1,25 @@
 """A diskless PC cabled to a running node netboots from it over IPv6, asks to join,
 waits for an operator's approval (the site's default policy, manual), gets the
 site sealed to its key, and joins the mesh; its root is dm-verity over the very
-root the node served.
+root the node served. Then the next wave: a second diskless PC netboots from the
+first, which serves the image from its memory.
 
 Guests (tests/vm/conftest.py): `netboot` has no disk and one mesh NIC, cabled to
-a; b, a member, approves it. OVMF netboots it as a PC would: UEFI HTTP boot over
-IPv6, after a PXEv6 attempt (docs/netboot.md).
+a; b, a member, approves it. `wave` is cabled to `netboot` only. OVMF netboots
+them as a PC would: UEFI HTTP boot over IPv6, after a PXEv6 attempt, with Secure
+Boot on and only the site's boot certificate enrolled (docs/netboot.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 
 import pytest
 
 from tests.vm.conftest import Guests, Image
-from tests.vm.mesh import nic_with_mac, wait_status
-from tests.vm.qemu import VM, poll
+from tests.vm.mesh import nic_with_mac, serve_on, served_whole, wait_status
+from tests.vm.qemu import VM
 from tests.vm.test_mesh import JOIN_TIMEOUT, routes_all, succeeds
 
 pytestmark = pytest.mark.vm
@@ -37,12 +38,9 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     a, b, n = guests.a, guests.b, guests.netboot
     a.wait_ssh()
     b.wait_ssh()
-    guests.mesh.plug(guests.a_netboot)
-    link = nic_with_mac(a, guests.a_netboot.a_nic.mac)
     # a serves on the new cable at once: its neighbour (none yet) is not a member.
-    served = wait_status(a, f"netboot served on {link}", lambda st: any(
-        s["link"] == link for s in st["provision"].get("serving", ())), 120)
-    url = next(s["url"] for s in served["provision"]["serving"] if s["link"] == link)
+    link, offer = serve_on(guests.mesh, guests.a_netboot)
+    url = offer["url"]
 
     n.start()
     booted = time.monotonic()
@@ -56,11 +54,9 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     table = n.ssh("dmsetup table root").stdout
     assert " verity " in table and "7:0" in table and "7:1" in table, table  # loop0, loop1
     assert n.ssh("ls /dev/vd* /dev/sd* 2>/dev/null", check=False).stdout.strip() == ""
-    st_a = wait_status(a, "the image served whole", lambda st: any(
-        x["path"] == "/kubermesh.efi" and x["done"] for x in st["provision"]["served"]), 60)
+    assert _secure_boot(n), "the netbooted node runs without Secure Boot"
+    download = served_whole(a, image.manifest["sizes"]["netboot_uki"], 60)
     assert url.startswith("http://[") and url.endswith(":4780/kubermesh.efi")
-    assert any(x["bytes"] == image.manifest["sizes"]["netboot_uki"]
-               for x in st_a["provision"]["served"] if x["done"])
 
     # No site yet: it asked a to join and waits; it is no member (no adjacency, no
     # route), and nothing of the site is on it.
@@ -70,9 +66,14 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     assert n.ssh("test -e /run/kubermesh/site.toml", check=False).returncode != 0
     pending = json.loads(succeeds(b, "kubermesh nodes pending --json"))
     assert [(p["id"], p["state"]) for p in pending] == [(node_id, "pending")], pending
+    # The operator's check: the key a received is the one n's console shows.
+    assert f"key {pending[0]['key']})" in mine["join"], (pending, mine["join"])
     st_a = wait_status(a, "no member on the netboot cable", lambda st: True)
     assert all(x["state"] != "Full" for x in st_a["links"] if x["name"] == link)
     assert n.ssh("ip -6 route show proto ospf", check=False).stdout.strip() == ""
+    # Nor does a forward for it: a route by hand through a to b goes nowhere.
+    b_loopback = wait_status(b, "an identity", lambda st: bool(st["loopback"]))["loopback"]
+    _no_forwarding(a, link, n, nic_with_mac(n, guests.a_netboot.b_nic.mac), b_loopback)
 
     # An operator approves it from b; it takes the site and joins.
     approved = time.monotonic()
@@ -88,7 +89,6 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
     # a stopped serving on that cable: its neighbour is a member now.
     wait_status(a, f"no more serving on {link}", lambda st: all(
         s["link"] != link for s in st["provision"].get("serving", ())), 120)
-    download = next(x for x in st_a["provision"]["served"] if x["done"])
     figures = {
         "netboot_download_s": round(download["seconds"], 1),
         "netboot_payload_mib": round(download["bytes"] / (1 << 20), 1),
@@ -104,16 +104,57 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
         print(f"\nnetboot figures (TCG, this run): {json.dumps(figures)}")
 
 
-def test_the_netbooted_node_can_serve_the_same_image(guests: Guests, image: Image) -> None:
-    """The next wave: the netbooted node holds the recipe it was given and its root
-    and verity (loop devices): it could serve a neighbour the very same file."""
-    n = guests.netboot
-    recipe = n.ssh("test -s /run/kubermesh/netboot.recipe && echo yes", check=False).stdout
-    assert recipe.strip() == "yes"
-    fetch = ("/usr/lib/kubermesh/bin/python3 -c 'import hashlib, urllib.request; "
-             "print(hashlib.file_digest(urllib.request.urlopen("
-             "\"http://[::1]:4780/kubermesh.efi\", timeout=600), \"sha256\").hexdigest())'")
-    digest = poll("the netbooted node's copy of the image", lambda: n.ssh(
-        fetch, timeout=900, check=False).stdout.strip() or None, 900, every=10)
-    nb = image.dir / image.manifest["artifacts"]["netboot_uki"]
-    assert digest == hashlib.sha256(nb.read_bytes()).hexdigest()
+def test_the_next_wave_netboots_from_a_netbooted_node(guests: Guests, image: Image,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """wave netboots from netboot, which has no disk: it serves the image it holds in
+    memory (its recipe, root and verity loop devices), bit for bit the signed one,
+    as Secure Boot on wave proves; a approves it and it joins."""
+    a, n, w = guests.a, guests.netboot, guests.wave
+    n.wait_ssh()
+    serve_on(guests.mesh, guests.netboot_wave)
+    w.start()
+    booted = time.monotonic()
+    w.wait_ssh()
+    cmdline = w.ssh("cat /proc/cmdline").stdout.split()
+    assert f"roothash={image.manifest['root_hash']}" in cmdline
+    assert _secure_boot(w), "the next wave runs without Secure Boot"
+    download = served_whole(n, image.manifest["sizes"]["netboot_uki"], 60)
+
+    mine = wait_status(w, "a pending join request", lambda st: "waiting for approval" in
+                       st.get("join", ""), 300)
+    out = a.ssh(f"kubermesh nodes approve {mine['node_id']}").stderr
+    assert f"approved {mine['node_id']}" in out, out
+    others = [wait_status(v, "an identity", lambda st: bool(st["loopback"]))
+              for v in (a, guests.b, n)]
+    wait_status(w, "mesh joined", routes_all(others), JOIN_TIMEOUT)
+    succeeds(w, f"ping -6 -c 3 -W 5 {others[0]['loopback']}")
+    figures = {
+        "wave_download_from_netbooted_s": round(download["seconds"], 1),
+        "wave_power_on_to_joined_s_with_approval_wait": round(time.monotonic() - booted, 1),
+        "wave_kernel_to_joined_s": _journal_seconds(w, "mesh joined"),
+    }
+    with capsys.disabled():
+        print(f"\nnetboot wave figures (TCG, this run): {json.dumps(figures)}")
+
+
+def _secure_boot(vm: VM) -> bool:
+    """The firmware's SecureBoot variable says on (its last byte is 1)."""
+    out = vm.ssh("od -An -t u1 /sys/firmware/efi/efivars/"
+                 "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c", check=False).stdout.split()
+    return bool(out) and out[-1] == "1"
+
+
+def _no_forwarding(router: VM, router_link: str, stranger: VM, stranger_nic: str,
+                   target: str) -> None:
+    """The stranger routes target through router by hand; router must not forward it."""
+    links = json.loads(router.ssh(f"ip -j -6 addr show dev {router_link}").stdout)
+    via = next(a["local"] for link in links for a in link.get("addr_info", ())
+               if a.get("local", "").startswith("fe80:"))
+    # (It can send to the router: its join request reached it.)
+    stranger.ssh(f"ip -6 route replace {target}/128 via {via} dev {stranger_nic}")
+    try:
+        r = stranger.ssh(f"ping -6 -c 3 -W 2 {target}", check=False)
+        assert r.returncode != 0, f"{router.name} forwarded a stranger's packets:\n{r.stdout}"
+    finally:
+        stranger.ssh(f"ip -6 route del {target}/128 via {via} dev {stranger_nic}", check=False)
