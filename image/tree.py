@@ -279,7 +279,7 @@ def kernel(tree: Path) -> tuple[str, Path]:
 
 # What a mesh PC cannot use, left out of the root (and so out of the RAM of a
 # netbooted node): sound, radios, cameras and TV cards, GPUs beyond the firmware's
-# framebuffer (simpledrm, efifb and the small drm drivers stay), InfiniBand,
+# framebuffer (efifb, built in, and the small drm drivers stay), InfiniBand,
 # Fibre Channel and iSCSI HBAs, sensors for industrial I/O, drivers still in
 # staging, and cluster or flash file systems. NICs, storage (SATA, NVMe, USB,
 # SCSI/SAS), USB, HID, the file systems a node or a pod volume mounts (ext4,
