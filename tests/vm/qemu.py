@@ -163,16 +163,28 @@ class VM:
                         "--add-db", CERT_OWNER, str(cert), "--secure-boot"],
                        check=True, capture_output=True, timeout=120)
 
-    def start(self) -> None:
+    def _firmware(self) -> list[str]:
+        """QEMU's machine and OVMF arguments: its code, and a private copy of its
+        variables (with the certificate enrolled when Secure Boot is on)."""
         vars_fd = self.dir / f"{self.name}.OVMF_VARS.fd"
-        if self.secure_boot_cert:
-            self._enrolled_vars(vars_fd)
-        else:
+        if not self.secure_boot_cert:
             shutil.copyfile(OVMF_VARS, vars_fd)
-        code, machine = OVMF_CODE, "q35"
-        if self.secure_boot_cert:
-            code, machine = OVMF_CODE_SECBOOT, "q35,smm=on"
+            return ["-machine", "q35",
+                    "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}"]
+        self._enrolled_vars(vars_fd)
+        return ["-machine", "q35,smm=on",
+                # Only SMM code may write the variable store.
+                "-global", "driver=cfi.pflash01,property=secure,value=on",
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}"]
+
+    def start(self) -> None:
         cpu = "max" if self.accel == "tcg" else "host"
+        # A diskless PC's NICs have only OVMF's own network stack, as a PC's firmware:
+        # QEMU's iPXE ROM on any one of them drives them all (and Secure Boot refuses
+        # it), and the netboot finds nothing.
+        rom = ",romfile=" if self.disk is None else ""
         credentials = {
             "ssh.authorized_keys.root": self.pubkey,
             # The user-mode NIC is the test's way in, not a mesh link: the node is told so.
@@ -181,14 +193,11 @@ class VM:
         }
         cmd = [
             "nice", "-n", "10", "qemu-system-x86_64", "-name", self.name,
-            "-machine", machine, "-accel", self.accel, "-cpu", cpu,
+            *self._firmware(), "-accel", self.accel, "-cpu", cpu,
             "-smp", "1", "-m", str(self.memory), "-nodefaults", "-display", "none",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}",
             # restrict=on: no packet leaves the guest (hostfwd still reaches its sshd).
             "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-            "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}"
-                       + (",romfile=" if self.disk is None else ""),
+            "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}{rom}",
             "-device", "virtio-rng-pci",
             "-serial", f"file:{self.console}",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
@@ -200,17 +209,10 @@ class VM:
             # Diskless: the firmware boots over the mesh NIC marked boot, IPv6 only, as
             # a PC set up for it would (docs/netboot.md).
             cmd += ["-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=no"]
-        if self.secure_boot_cert:  # only SMM code may write the variable store
-            cmd += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         if self.uuid:
             cmd += ["-uuid", self.uuid]
         for nic in self.nics:
-            device = f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}"
-            # A diskless PC's NICs have only OVMF's own network stack, as a PC's
-            # firmware: QEMU's iPXE ROM on any one of them drives them all (and
-            # Secure Boot refuses it), and the netboot finds nothing.
-            if self.disk is None:
-                device += ",romfile="
+            device = f"virtio-net-pci,netdev={nic.netdev},mac={nic.mac}{rom}"
             if nic.boot:  # first in the boot order
                 device += ",bootindex=1"
             if nic.speed_mbps:
