@@ -304,7 +304,7 @@ def join_then_run(a: argparse.Namespace, paths: NodePaths, ident: HardwareIdenti
     joiner = Join(cfg, links, lambda: rt.stop("joined", handover=True),
                   lambda: dict(listener.routers),
                   listener.solicit)
-    st = JoinStatus(cfg, links, joiner)
+    st = JoinStatus(cfg, links, joiner, rt.registry.errors)
     rt.add(links, joiner, st)
     rt.stop_on_signals()
     try:

@@ -133,24 +133,25 @@ class Join(Controller):
     def reconcile(self) -> bool:
         before = self.state
         if not self.server:
-            routers = self.routers()
-            for link in self.links.names:
+            # Only the mesh links' routers: the management NIC may hear one too (a
+            # site's LAN, QEMU's user network), and it holds no join request.
+            mesh = self.links.names
+            routers = {link: addr for link, addr in self.routers().items() if link in mesh}
+            for link in mesh:
                 if link not in self.solicited and link not in routers:
                     self.solicit(link)
                     self.solicited.add(link)
             if not routers:
                 self._say("looking for a serving neighbour on "
-                          + (", ".join(self.links.names) or "no mesh link"))
+                          + (", ".join(mesh) or "no mesh link"))
                 return before != self.state
-            link, addr = sorted(routers.items())[0]
-            host = f"{addr}%{link}" if addr.startswith("fe80:") else addr
-            code, body = request(host, "POST", "/join", self.request.to_json(), port=self.port)
-            if code != 200:
-                raise RuntimeError(f"join request to {host}: HTTP {code} {body[:200]!r}")
-            self.server = host
-            self._say(f"asked {self.server} to join as {self.cfg.node_id}: "
-                      f"{json.loads(body)['state']}")
-        code, body = request(self.server, "GET", f"/join/{self.cfg.node_id}", port=self.port)
+            self._ask(routers)
+        try:
+            code, body = request(self.server, "GET", f"/join/{self.cfg.node_id}",
+                                 port=self.port)
+        except OSError as e:  # gone (unplugged, rebooted): ask whoever serves next
+            server, self.server = self.server, ""
+            raise RuntimeError(f"join state from {server}: {e}") from None
         if code == 404:  # the neighbour restarted and forgot: ask again
             self.server = ""
             return True
@@ -163,6 +164,27 @@ class Join(Controller):
             return before != self.state
         self._take(answer["sealed"])
         return True
+
+    def _ask(self, routers: dict[str, str]) -> None:
+        """POST the request to the first serving neighbour that takes it."""
+        refused = []
+        for link, addr in sorted(routers.items()):
+            host = f"{addr}%{link}" if addr.startswith("fe80:") else addr
+            try:
+                code, body = request(host, "POST", "/join", self.request.to_json(),
+                                     port=self.port)
+            except OSError as e:
+                refused.append(f"{host}: {e}")
+                continue
+            if code != 200:
+                refused.append(f"{host}: HTTP {code} {body[:200]!r}")
+                continue
+            self.server = host
+            self._say(f"asked {self.server} to join as {self.cfg.node_id}: "
+                      f"{json.loads(body)['state']}")
+            return
+        self._say("no serving neighbour took the join request")
+        raise RuntimeError("join request: " + "; ".join(refused))
 
     def _take(self, sealed: Any) -> None:
         text = join.open_sealed(self.key, sealed, self.cfg.node_id.encode())
@@ -197,15 +219,17 @@ class JoinStatus(Controller):
     after = ("links", "join")
     period = 2.0
 
-    def __init__(self, cfg: JoinConfig, links: Links, joiner: Join) -> None:
-        self.cfg, self.links, self.joiner = cfg, links, joiner
+    def __init__(self, cfg: JoinConfig, links: Links, joiner: Join,
+                 errors: Callable[[], dict[str, str]] = dict) -> None:
+        self.cfg, self.links, self.joiner, self.errors = cfg, links, joiner, errors
 
     def reconcile(self) -> bool:
         links = tuple(LinkStatus(link.name, link.carrier, "", "") for link in self.links.links)
         st = NodeStatus(node_id=self.cfg.node_id, hostname=socket.gethostname(),
                         identity=str(self.cfg.hw), loopback="", router_id="",
                         stage=Stage.BOOTING, links=links, updated=time.time(),
-                        join=self.joiner.state)
+                        join=self.joiner.state,
+                        errors=tuple(f"{n}: {e}" for n, e in self.errors().items()))
         status.write(st, self.cfg.paths.status)
         return False
 

@@ -58,7 +58,7 @@ def test_a_newcomer_gets_the_site_once_approved(tmp_path: Path, policy: str) -> 
         cfg = JoinConfig(HardwareIdentity("mac", "52:54:00:00:00:09"), "0123456789abcdef",
                          ("52:54:00:00:00:09",), paths)
         done: list[bool] = []
-        joiner = Join(cfg, Links(cfg), lambda: done.append(True), lambda: {"lo": "::1"},
+        joiner = Join(cfg, Links(cfg), lambda: done.append(True), lambda: {"enp1s0": "::1"},
                       lambda _: None, port=prov.port)
         joiner.links.reconcile()
         joiner.reconcile()
@@ -111,3 +111,26 @@ def test_nothing_is_served_without_an_image(tmp_path: Path) -> None:
         assert code == 503 and b"no-cmdline" in body
     finally:
         prov.close()
+
+
+def test_only_a_mesh_links_router_is_asked_and_a_refusal_is_an_error(tmp_path: Path) -> None:
+    """The management NIC hears routers too (QEMU's user network answers a solicitation):
+    they hold no join request, so a newcomer asks only on its mesh links, and says
+    which neighbour refused when none took the request."""
+    sysfs = tmp_path / "sys"
+    fake_nic(sysfs, "enp1s0", "52:54:00:00:00:09")
+    paths = replace(NodePaths.under(tmp_path, tmp_path / "frr", tmp_path / "site"), sysfs=sysfs)
+    cfg = JoinConfig(HardwareIdentity("mac", "52:54:00:00:00:09"), "0123456789abcdef",
+                     ("52:54:00:00:00:09",), paths, not_mesh=("dummy0",))
+    routers = {"dummy0": "::1"}
+    solicited: list[str] = []
+    joiner = Join(cfg, Links(cfg), lambda: None, lambda: routers, solicited.append,
+                  port=free_port())  # nothing listens there
+    joiner.links.reconcile()
+    joiner.reconcile()
+    assert solicited == ["enp1s0"] and not joiner.server
+    assert joiner.state == "looking for a serving neighbour on enp1s0"
+    routers["enp1s0"] = "::1"
+    with pytest.raises(RuntimeError, match=r"join request: ::1: .*refused"):
+        joiner.reconcile()
+    assert not joiner.server and joiner.state == "no serving neighbour took the join request"
