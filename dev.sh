@@ -18,6 +18,10 @@ HOST_PACKAGES=(frr frr-pythontools iproute2 iputils-ping python3 python3-venv ut
 IMAGE_PACKAGES=(mkosi debootstrap systemd-container squashfs-tools cryptsetup-bin mtools
   dosfstools systemd-boot-efi binutils fdisk cpio zstd qemu-system-x86 ovmf openssh-client
   sbsigntool)
+# Kubernetes from Debian's own source package (image/kubesource.py): Go, the one
+# vendored module it swaps, dpkg-source, rsync (its make), and the images' tools and busybox.
+KUBERNETES_PACKAGES=(golang-go golang-github-modern-go-reflect2-dev dpkg-dev make rsync umoci skopeo
+  busybox-static)
 VENV=.venv
 
 say() { printf '‣ %s\n' "$*" >&2; }
@@ -31,7 +35,7 @@ need_root() {
 
 host_packages() {
   local missing=()
-  for p in "${HOST_PACKAGES[@]}" "${IMAGE_PACKAGES[@]}"; do
+  for p in "${HOST_PACKAGES[@]}" "${IMAGE_PACKAGES[@]}" "${KUBERNETES_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then

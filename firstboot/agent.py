@@ -188,7 +188,9 @@ def build(cfg: NodeConfig, services: list[Service]) -> tuple[Runtime, Status]:
     overlay = Overlay(cfg, ipr, routes, ospf, rt.post)
     conflicts = Conflicts(cfg, ospf)
     anycast = Anycast(services, ipr, rt.post)
-    kubelet = Kubelet(cfg, overlay)
+    apiserver = cfg.site.anycast.get("apiserver")
+    kubelet = Kubelet(cfg, overlay, lambda: apiserver is not None and (
+        apiserver in anycast.announced or apiserver in routes.table))
     frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
     provision = Provision(cfg, links, ospf, ipr)
     rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,

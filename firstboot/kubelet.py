@@ -1,13 +1,16 @@
 """The kubelet's side of the node: containerd's and the kubelet's configuration,
 rendered by mesh.kubelet from the site and this node's pod block once it holds
-one, and the kubelet unit's state for the status. The units order themselves
-after `kubermesh wait --stage overlay` (files in place) and `--stage anycast`.
+one; the kubelet unit, started once those files are written and the apiserver's
+anycast address is reachable (not before: a mesh without a control plane yet runs
+no kubelet failing and restarting); and the unit's state for the status.
+containerd orders itself after `kubermesh wait --stage overlay` (files in place).
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from firstboot.files import write_atomic
@@ -30,11 +33,13 @@ def kubelet_paths(cfg: NodeConfig) -> kubelet.KubeletPaths:
 
 class Kubelet(Controller):
     name = "kubelet"
-    after = ("overlay",)
+    after = ("overlay", "anycast", "routes")
     period = 10.0
 
-    def __init__(self, cfg: NodeConfig, overlay: Overlay) -> None:
-        self.cfg, self.overlay = cfg, overlay
+    def __init__(self, cfg: NodeConfig, overlay: Overlay,
+                 apiserver: Callable[[], bool] = lambda: False) -> None:
+        """`apiserver()`: whether the apiserver's anycast address is reachable."""
+        self.cfg, self.overlay, self.apiserver = cfg, overlay, apiserver
         self.written: dict[Path, tuple[str, int]] = {}
         self.state = NOT_INSTALLED
         self.version: tuple[int, int] | None = None
@@ -67,6 +72,13 @@ class Kubelet(Controller):
                 self.written = files
         old = self.state
         self.state = self._unit_state()
+        if self.written and self.state in ("inactive", "failed") and self.apiserver():
+            log.info("the apiserver is reachable at its anycast address: starting the kubelet")
+            r = subprocess.run(["systemctl", "start", "--no-block", KUBELET_UNIT],
+                               capture_output=True, text=True, timeout=30, check=False)
+            if r.returncode != 0:
+                raise RuntimeError(f"systemctl start {KUBELET_UNIT}: {r.stderr.strip()}")
+            self.state = self._unit_state()
         return old != self.state
 
     def _unit_state(self) -> str:

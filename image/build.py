@@ -22,6 +22,7 @@ from firstboot.files import write_atomic
 from image import disk, initrd, kubernetes, manifest, netboot, root, sign, tree, uki
 from image import site as sitefile
 from image.errors import BuildError, say, step
+from image.kubernetes import CACHE as KUBERNETES_CACHE
 from image.run import Log
 from mesh.site import Site
 
@@ -38,6 +39,7 @@ class Options:
     site: Path | None = None
     kubernetes: str = "auto"
     cache: Path = Path("mkosi.cache")
+    kubernetes_cache: Path = KUBERNETES_CACHE  # (the field above hides the module here)
 
 
 def _timed(title: str, fn: Callable[[], T], times: dict[str, float]) -> T:
@@ -82,7 +84,8 @@ def build(opts: Options) -> Path:
     # only: the artifacts carry the site's secrets (see _publish).
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        result = _build(log, src, work, cache, version, site_text, site, generated, k8s)
+        result = _build(log, src, work, cache, version, site_text, site, generated, k8s,
+                        opts.kubernetes_cache)
         _publish(result, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -92,7 +95,7 @@ def build(opts: Options) -> Path:
 
 
 def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, site_text: str,
-           site: Site, generated: bool, k8s: kubernetes.Source) -> Path:
+           site: Site, generated: bool, k8s: kubernetes.Source, k8s_cache: Path) -> Path:
     times: dict[str, float] = {}
     t = work / "tree"
     dist = work / "output"
@@ -107,7 +110,10 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
     python = _timed("Installing kubermesh and its pinned dependencies",
                     lambda: tree.install_python(log, src, t, wheels), times)
     components = _timed(f"Installing Kubernetes ({k8s.kind})",
-                        lambda: kubernetes.install(log, t, k8s, cache / "mkosi"), times)
+                        lambda: kubernetes.install(log, t, k8s, cache / "mkosi", k8s_cache),
+                        times)
+    images = _timed("Installing the pause and busybox images",
+                    lambda: kubernetes.install_images(log, t, k8s, k8s_cache), times)
     units = _timed("Installing units and presets", lambda: tree.install_units(log, src, t), times)
     tree.tune_frr(t)
     tree.link_site(t)
@@ -176,6 +182,7 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
                         "netboot": netboot.netboot_cmdline(vroot)},
             "kubernetes": {"source": k8s.kind, "components": components or "none",
                            **({"why_none": k8s.reason} if not components else {}),
+                           **kubernetes.details(k8s), "images": images,
                            "warnings": list(k8s.warnings)},
             "site": manifest.site_fingerprint(site_text, site.name, generated,
                                               site.boot.certificate),

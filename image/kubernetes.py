@@ -1,8 +1,11 @@
-"""Kubernetes node binaries: from the upstream apt repository, a local directory, or none.
+"""Kubernetes binaries: from the upstream apt repository, Debian's own source
+package (built here: image/kubesource.py), a local directory, or none.
 
-Debian bookworm has no kubelet or kubeadm, so they come from a source named at
-build time. An image built without them says so, in the build output and in
-its manifest.
+Debian bookworm has no kubelet or kubeadm packages, so they come from a source
+named at build time. `auto` takes upstream where reachable, else builds 1.20
+from Debian's source, and says so loudly; an image built without Kubernetes
+says so too, in the build output and in its manifest. Every kind but `none`
+also ships the pause and busybox images (no registry needed).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from image import kubesource
 from image.errors import BuildError, say
 from image.run import Log, nspawn, run
 
@@ -23,6 +27,8 @@ KEY = REPO + "Release.key"
 PACKAGES = ("kubelet", "kubeadm", "kubectl")
 BINARIES = ("kubelet", "kubeadm", "kubectl", "crictl")
 PROBE_TIMEOUT = 10.0
+CACHE = Path("/var/cache/kubermesh/kubernetes")  # outside any checkout: kept across clones
+IMAGES_DIR = "usr/lib/kubermesh/images"  # in the tree; kubermesh-images.service imports them
 
 
 @dataclass(frozen=True)
@@ -46,23 +52,29 @@ def _reachable(url: str) -> str:
 
 
 def resolve(spec: str) -> Source:
-    """Turn --kubernetes auto|upstream|none|DIR into a source, probing upstream if needed."""
+    """Turn --kubernetes auto|upstream|debian-source|none|DIR into a source, probing
+    upstream if needed."""
     if spec == "none":
         return Source("none", reason="built with --kubernetes none")
+    if spec == "debian-source":
+        return Source("debian-source")
     if spec in ("auto", "upstream"):
         why = _reachable(REPO + "InRelease")
         if not why:
             return Source("upstream")
         if spec == "upstream":
             raise BuildError(f"the Kubernetes apt repository {REPO} is unreachable ({why})",
-                             hint="use --kubernetes DIR with kubelet/kubeadm .debs or binaries, "
+                             hint="use --kubernetes debian-source (1.20, built here), "
+                                  "--kubernetes DIR with kubelet/kubeadm .debs or binaries, "
                                   "or --kubernetes none")
         reason = (f"--kubernetes auto: the Kubernetes apt repository {REPO} is unreachable "
-                  f"from the build host ({why}); the image has no kubelet or kubeadm")
-        return Source("none", reason=reason, warnings=(reason,))
+                  f"from the build host ({why}): building Kubernetes {kubesource.KUBERNETES} "
+                  f"from Debian's source package instead ({kubesource.EOL})")
+        return Source("debian-source", reason=reason, warnings=(reason,))
     d = Path(spec)
     if not d.is_dir():
-        raise BuildError(f"--kubernetes {spec}: not auto, upstream, none or a directory")
+        raise BuildError(f"--kubernetes {spec}: not auto, upstream, debian-source, none "
+                         "or a directory")
     debs = sorted(d.glob("*.deb"))
     bins = [b for b in BINARIES if (d / b).is_file()]
     if not debs and not bins:
@@ -71,12 +83,19 @@ def resolve(spec: str) -> Source:
     return Source("dir", directory=d.resolve())
 
 
-def install(log: Log, tree: Path, src: Source, apt_cache: Path) -> dict[str, str]:
+def install(log: Log, tree: Path, src: Source, apt_cache: Path,
+            cache: Path = CACHE) -> dict[str, str]:
     """Install the source's components into the tree; returns component → version."""
     if src.kind == "none":
         return {}
     if src.kind == "upstream":
         return _install_upstream(log, tree, apt_cache)
+    if src.kind == "debian-source":
+        built = kubesource.build(log, cache)
+        for f in sorted(built.binaries.iterdir()):
+            shutil.copy2(f, tree / "usr/bin" / f.name)
+            (tree / "usr/bin" / f.name).chmod(0o755)
+        return {c: kubesource.KUBERNETES for c in kubesource.COMPONENTS}
     assert src.directory is not None
     debs = sorted(src.directory.glob("*.deb"))
     if debs:
@@ -129,9 +148,35 @@ def _install_upstream(log: Log, tree: Path, apt_cache: Path) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
 
+def install_images(log: Log, tree: Path, src: Source, cache: Path = CACHE) -> dict[str, str]:
+    """The pause and busybox images into the tree (every source but none); returns
+    file → image name."""
+    if src.kind == "none":
+        return {}
+    built = kubesource.images(log, cache)
+    target = tree / IMAGES_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name in kubesource.IMAGES:
+        shutil.copy2(built.images / name, target / name)
+        (target / name).chmod(0o644)
+    return dict(kubesource.IMAGES)
+
+
+def details(src: Source) -> dict[str, object]:
+    """What the manifest says of the source beyond its components."""
+    if src.kind != "debian-source":
+        return {}
+    return {"version": kubesource.KUBERNETES, "note": kubesource.EOL,
+            "debian_source": kubesource.SOURCE, "make": kubesource.MAKE_ENV}
+
+
 def warn(src: Source) -> None:
     for w in src.warnings:
         say("")
-        say("  !!! WARNING: this image has NO Kubernetes node binaries !!!")
+        if src.kind == "none":
+            say("  !!! WARNING: this image has NO Kubernetes node binaries !!!")
+        else:
+            say(f"  !!! WARNING: Kubernetes {kubesource.KUBERNETES} from Debian's source: "
+                "end-of-life, for offline labs and CI only !!!")
         say(f"  !!! {w}")
         say("")

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import tomllib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,8 +159,13 @@ def parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="build the bootable image (needs root)")
     build.add_argument("--site", type=Path, help="site file to bake in (default: a demo site)")
-    build.add_argument("--kubernetes", default="auto", metavar="auto|upstream|none|DIR",
-                       help="where kubelet and kubeadm come from (default: auto)")
+    build.add_argument("--kubernetes", default="auto",
+                       metavar="auto|upstream|debian-source|none|DIR",
+                       help="where the Kubernetes binaries come from (default: auto, upstream "
+                            "where reachable, else 1.20 built from Debian's source package)")
+    build.add_argument("--kubernetes-cache", type=Path, default=None, metavar="DIR",
+                       help="where Kubernetes built from source is kept, keyed by what it is "
+                            "built from (default: /var/cache/kubermesh/kubernetes)")
     build.add_argument("--output", type=Path, default=Path("out"),
                        help="output directory (default: out)")
     build.set_defaults(func=image_build)
@@ -277,7 +282,10 @@ def node_wait(args: argparse.Namespace) -> None:
 def image_build(args: argparse.Namespace) -> None:
     from image.build import Options, build  # the image build's imports stay out of other commands
 
-    build(Options(output=args.output, site=args.site, kubernetes=args.kubernetes))
+    opts = Options(output=args.output, site=args.site, kubernetes=args.kubernetes)
+    if args.kubernetes_cache is not None:
+        opts = replace(opts, kubernetes_cache=args.kubernetes_cache.resolve())
+    build(opts)
 
 
 def site_init(args: argparse.Namespace) -> None:

@@ -22,7 +22,9 @@ from mesh import pods, render
 from mesh.site import Site
 
 APISERVER_PORT = 6443
-PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+# Built from the Kubernetes tree's pause.c and shipped in the image (image/kubesource.py):
+# no registry needed.
+PAUSE_IMAGE = "kubermesh.local/pause:3.4"
 # Until 1.27 the kubelet takes its runtime from flags (`--container-runtime=remote`,
 # needed by 1.20-1.23, deprecated until 1.27, which rejects it); from 1.27 on, from
 # containerRuntimeEndpoint in its configuration file (which 1.20 ignores).

@@ -44,7 +44,8 @@ def test_netboot_cmdline_uses_the_same_root_hash() -> None:
 
 def test_kubernetes_none_and_directories(tmp_path: Path) -> None:
     assert kubernetes.resolve("none").kind == "none"
-    with pytest.raises(BuildError, match="not auto, upstream, none or a directory"):
+    assert kubernetes.resolve("debian-source").kind == "debian-source"
+    with pytest.raises(BuildError, match="not auto, upstream, debian-source, none or a"):
         kubernetes.resolve(str(tmp_path / "missing"))
     with pytest.raises(BuildError, match=r"no \.deb files"):
         kubernetes.resolve(str(tmp_path))
@@ -67,7 +68,8 @@ def test_kubernetes_binaries_are_installed_with_their_version(tmp_path: Path) ->
 def test_auto_without_upstream_warns_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kubernetes, "_reachable", lambda url: "Name or service not known")
     src = kubernetes.resolve("auto")
-    assert src.kind == "none" and "unreachable" in src.reason and src.warnings
+    assert src.kind == "debian-source" and "unreachable" in src.reason and src.warnings
+    assert "Debian's source package" in src.warnings[0] and "end-of-life" in src.warnings[0]
     with pytest.raises(BuildError, match="unreachable"):
         kubernetes.resolve("upstream")
 

@@ -123,20 +123,25 @@ def unit(name: str) -> configparser.RawConfigParser:
     return p
 
 
-def test_kubelet_unit_waits_for_overlay_and_anycast_and_needs_its_binary() -> None:
+def test_kubelet_unit_waits_for_its_files_and_images_and_needs_its_binary() -> None:
     u = unit("kubermesh-kubelet.service")
     binary = u["Service"]["ExecStart"].split()[0]
     assert u["Unit"]["ConditionPathExists"] == binary == "/usr/bin/kubelet"
     assert "kubermesh-wait-overlay.service" in u["Unit"]["Requires"].split()
-    assert {"containerd.service", "kubermesh-wait-anycast.service"} <= set(
+    assert {"containerd.service", "kubermesh-images.service"} <= set(
         u["Unit"]["Wants"].split())
     assert {"containerd.service", "kubermesh-wait-overlay.service",
-            "kubermesh-wait-anycast.service"} <= set(u["Unit"]["After"].split())
-    for stage in ("overlay", "anycast"):
-        w = unit(f"kubermesh-wait-{stage}.service")
-        assert w["Service"]["Type"] == "oneshot"
-        assert f"wait --stage {stage}" in w["Service"]["ExecStart"]
-        assert "kubermesh-agent.service" in w["Unit"]["After"].split()
+            "kubermesh-images.service"} <= set(u["Unit"]["After"].split())
+    # Started by the runtime, once the apiserver is reachable: not at boot.
+    assert "Install" not in u
+    assert KUBELET_UNIT not in (PRESETS / "80-kubermesh.preset").read_text()
+    w = unit("kubermesh-wait-overlay.service")
+    assert w["Service"]["Type"] == "oneshot"
+    assert "wait --stage overlay" in w["Service"]["ExecStart"]
+    assert "kubermesh-agent.service" in w["Unit"]["After"].split()
+    images = unit("kubermesh-images.service")
+    assert images["Unit"]["After"] == images["Unit"]["Wants"] == "containerd.service"
+    assert "ctr --namespace k8s.io images import" in images["Service"]["ExecStart"]
     dropin = configparser.RawConfigParser(strict=False)
     dropin.read(UNITS / "containerd.service.d" / "kubermesh-config.conf")
     assert "kubermesh-wait-overlay.service" in dropin["Unit"]["After"].split()
@@ -170,3 +175,38 @@ def test_every_unit_passes_systemd_analyze_verify() -> None:
     problems = [line for line in (r.stdout + r.stderr).splitlines()
                 if line and "is not executable: No such file or directory" not in line]
     assert problems == []
+
+
+def test_the_kubelet_starts_once_its_files_are_written_and_the_apiserver_is_reachable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = node_config(tmp_path)
+    kernel = Kernel()
+    ov = Overlay(cfg, kernel, Routes(cfg, kernel), idle_ospf(cfg, tmp_path), lambda _: None)
+    reachable = [False]
+    k = Kubelet(cfg, ov, lambda: reachable[0])
+    cfg.paths.kubelet_binary.parent.mkdir(parents=True)
+    cfg.paths.kubelet_binary.touch()
+    calls: list[list[str]] = []
+    state = ["inactive\n"]
+
+    def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        if cmd[1] == "start":
+            state[0] = "activating\n"
+        return subprocess.CompletedProcess(cmd, 0, state[0], "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(Kubelet, "kubelet_version", lambda self: kubelet.NEWEST)
+    start = ["systemctl", "start", "--no-block", KUBELET_UNIT]
+    reachable[0] = True
+    k.reconcile()  # no block, no files: not started, whatever the apiserver
+    assert start not in calls and k.state == "inactive"
+    reachable[0] = False
+    ov.block = BLOCK
+    k.reconcile()  # files written, no apiserver yet
+    assert start not in calls and k.state == "inactive"
+    reachable[0] = True
+    assert k.reconcile() is True and k.state == "activating"
+    assert calls.count(start) == 1
+    k.reconcile()  # running: left alone
+    assert calls.count(start) == 1

@@ -49,7 +49,8 @@ def test_kubermesh_units_installed_and_enabled(host: Any, image: Image) -> None:
     # One runtime for the whole node side: no per-agent units any more.
     agent = host.service("kubermesh-agent")
     assert agent.is_enabled and agent.is_running
-    assert host.service("kubermesh-kubelet").is_enabled
+    # The runtime starts the kubelet once the apiserver is reachable: not enabled.
+    assert not host.service("kubermesh-kubelet").is_enabled
     units = host.check_output("systemctl list-unit-files --no-legend 'kubermesh-*'")
     assert "kubermesh-overlay" not in units and "kubermesh-anycast.service" not in units, units
     # Its packet filter is in place; `lab` (test tooling) is not in the image.
@@ -82,6 +83,34 @@ def test_what_a_mesh_pc_uses_is_kept_and_the_rest_left_out(host: Any, image: Ima
     assert host.file("/sys/module/br_netfilter").exists
     assert host.file("/sys/module/overlay").exists
     assert host.sysctl("net.bridge.bridge-nf-call-iptables") == 1
+
+
+def test_kubernetes_from_the_build_is_on_the_node(host: Any, image: Image) -> None:
+    """What the manifest says the build installed answers with that version; the
+    shipped images are in containerd (imported at boot, no registry) and run; the
+    kubelet waits for an apiserver (none in this mesh) instead of failing in a loop."""
+    k8s = image.manifest["kubernetes"]
+    if k8s["components"] == "none":
+        pytest.skip(f"no Kubernetes in this image: {k8s['why_none']}")
+    asks = {"kubectl": "version --client", "kubeadm": "version -o short"}
+    for name, version in k8s["components"].items():
+        out = host.check_output(f"{name} {asks.get(name, '--version')}")
+        assert version in out, (name, out)
+    # kubeadm marshals YAML: it crashed before the build swapped reflect2.
+    assert "InitConfiguration" in host.check_output("kubeadm config print init-defaults")
+    poll("the shipped images imported", lambda: host.service("kubermesh-images").is_running,
+         120)
+    listed = host.check_output("ctr --namespace k8s.io images ls --quiet")
+    for name in k8s["images"].values():
+        assert name in listed.split(), (name, listed)
+    busybox = k8s["images"]["busybox.tar"]
+    ran = host.run(f"ctr --namespace k8s.io run --rm {busybox} km-image-test "
+                   "/bin/sh -c 'echo hello from busybox'")
+    assert ran.rc == 0 and "hello from busybox" in ran.stdout, ran.stderr
+    kubelet = host.service("kubermesh-kubelet")
+    assert not kubelet.is_running
+    st = json.loads(host.check_output("kubermesh status --json"))
+    assert st["kubelet"] == "inactive", st["kubelet"]
 
 
 def test_shipped_python_matches_the_lock(host: Any, image: Image) -> None:
