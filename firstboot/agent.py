@@ -27,6 +27,7 @@ from typing import Any
 
 from firstboot import hardware, status
 from firstboot.anycast import Anycast, Service, parse_services
+from firstboot.controlplane import Slots
 from firstboot.filter import Filter
 from firstboot.kubelet import Kubelet
 from firstboot.node import ConfigError, Frr, Identity, Links, NodeConfig, credential
@@ -81,12 +82,12 @@ class Status(Controller):
     name = "status"
     period = STATUS_PERIOD
     after = ("links", "ospf", "conflicts", "provision", "filter", "routes", "overlay",
-             "anycast", "kubelet")
+             "control-plane", "anycast", "kubelet")
 
     def __init__(self, cfg: NodeConfig, rt: Runtime, *, links: Links, ospf: Ospf,
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
-                 kubelet: Kubelet, provision: Provision) -> None:
-        self.cfg, self.rt, self.provision = cfg, rt, provision
+                 kubelet: Kubelet, provision: Provision, slots: Slots) -> None:
+        self.cfg, self.rt, self.provision, self.slots = cfg, rt, provision, slots
         self.links, self.ospf, self.conflicts, self.routes = links, ospf, conflicts, routes
         self.overlay, self.anycast, self.kubelet = overlay, anycast, kubelet
         self.stage = Stage.BOOTING
@@ -143,7 +144,7 @@ class Status(Controller):
             unreachable=tuple(sorted(view.unreachable)), overlay=overlay, anycast=anycast,
             kubelet=self.kubelet.state, updated=time.time(), controllers=reports,
             forged_claims=tuple(sorted(str(a) for a in ov.forged)),
-            provision=self.provision.report(),
+            provision=self.provision.report(), control_plane=self.slots.report(),
         )
 
     def reconcile(self) -> bool:
@@ -193,10 +194,12 @@ def build(cfg: NodeConfig, services: list[Service]) -> tuple[Runtime, Status]:
         apiserver in anycast.announced or apiserver in routes.table))
     frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
     provision = Provision(cfg, links, ospf, ipr)
+    slots = Slots(cfg, ipr, routes, ospf)
     rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,
-           Filter(links, ospf, provision), routes, overlay, anycast, kubelet)
+           Filter(links, ospf, provision), routes, overlay, slots, anycast, kubelet)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
-                overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision)
+                overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision,
+                slots=slots)
     rt.add(st)
     return rt, st
 

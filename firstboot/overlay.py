@@ -27,8 +27,8 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Address
-from typing import Any
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from typing import Any, Protocol, TypeVar
 
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_IFADDR,
@@ -88,14 +88,24 @@ def route_hops(route: Any) -> Hops:
     return tuple(sorted(hops))
 
 
-def valid_claims(claims: Mapping[IPv6Address, BlockClaim],
+class Claim(Protocol):
+    """A /128 that embeds the router-id of who announces it (pod block, slot)."""
+
+    @property
+    def owner(self) -> IPv4Address: ...
+
+
+C = TypeVar("C", bound=Claim)
+
+
+def valid_claims(claims: Mapping[IPv6Address, C],
                  advertisers: Mapping[IPv6Address, frozenset[str]]
-                 ) -> tuple[dict[IPv6Address, BlockClaim], dict[IPv6Address, BlockClaim]]:
+                 ) -> tuple[dict[IPv6Address, C], dict[IPv6Address, C]]:
     """(counted, forged): a claim counts only when its owner advertises it. Another
     router announcing a claim that embeds someone else's (lower) router-id evicts
     nothing."""
-    counted: dict[IPv6Address, BlockClaim] = {}
-    forged: dict[IPv6Address, BlockClaim] = {}
+    counted: dict[IPv6Address, C] = {}
+    forged: dict[IPv6Address, C] = {}
     for addr, c in claims.items():
         by = advertisers.get(addr)
         if by is None:

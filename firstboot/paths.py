@@ -48,6 +48,11 @@ class NodePaths:
         return self.state_dir / "overlay.json"
 
     @property
+    def control_plane_state(self) -> Path:
+        """The control-plane slot this node holds, remembered across restarts and reboots."""
+        return self.state_dir / "control-plane.json"
+
+    @property
     def netboot_recipe(self) -> Path:
         """A netbooted node's recipe of what it serves, from the neighbour that booted it."""
         return self.run_dir / "netboot.recipe"

@@ -101,6 +101,8 @@ class NodeStatus:
     # served, what was served to whom, join requests held.
     provision: dict[str, Any] = field(default_factory=dict)
     join: str = ""  # a node without the site: where its join request stands
+    # firstboot.controlplane.Slots.report(): this node's slot, every slot's holder.
+    control_plane: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -187,6 +189,15 @@ def render(s: NodeStatus, now: float | None = None) -> str:
     for a in s.anycast:
         lines.append(f"anycast   {a.service:<10} {a.address} {a.state}")
     lines.append(f"kubelet   {s.kubelet}")
+    cp = s.control_plane
+    if cp:
+        mine = f"slot {cp['slot']} of {cp['count']}" if cp.get("slot") is not None else \
+            f"no slot (of {cp['count']})"
+        held = ", ".join(f"{slot} {'this node' if str(slot) == str(cp.get('slot')) else who}"
+                         for slot, who in cp.get("holders", {}).items()) or "none"
+        vacated = "".join(f"; slot {slot} vacated, taken over in {left:.0f} s"
+                          for slot, left in cp.get("vacated", {}).items())
+        lines.append(f"control   {mine}; holders: {held}{vacated}")
     if s.join:
         lines.append(f"join      {s.join}")
     prov = s.provision

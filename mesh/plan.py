@@ -7,6 +7,7 @@ Layout of the site's ULA /48 (16-bit subnet id, then 64-bit interface id):
     <ula>:0000::/64   node loopbacks, interface id = 64 bits of the node hash
     <ula>:0001::/64   anycast service addresses (site file)
     <ula>:0002::/64   reserved for IPv4 pod blocks embedded in IPv6 prefixes
+    <ula>:0003::/64   control-plane slot claims (mesh.controlplane)
     <ula>:8000::/49   provisioning: a /64 per (node, link) on which the node serves a
                       neighbour that is not a member yet (netboot); never routed
 """
@@ -22,6 +23,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 LOOPBACK_SUBNET = 0x0000
 ANYCAST_SUBNET = 0x0001
 POD_BLOCK_SUBNET = 0x0002
+CONTROL_PLANE_SUBNET = 0x0003
 PROVISIONING_SUBNETS = 0x8000  # subnet ids 0x8000-0xffff
 
 # DMI product UUIDs that firmware vendors ship unset or shared by every board.
@@ -56,6 +58,16 @@ class HardwareIdentity:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}"
+
+    @classmethod
+    def parse(cls, text: str) -> HardwareIdentity:
+        """"dmi:<uuid>" or "mac:<mac>", as str() writes it; ValueError says what is wrong."""
+        kind, _, value = text.strip().lower().partition(":")
+        if kind == "dmi" and _UUID.match(value):
+            return cls("dmi", value)
+        if kind == "mac" and _MAC.match(value):
+            return cls("mac", value)
+        raise ValueError(f"{text!r} is not a hardware identity (dmi:<uuid> or mac:<mac>)")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,13 @@ class JoinSettings:
 
 
 @dataclass(frozen=True)
+class ControlPlaneSettings:
+    count: int = 3  # control-plane slots: etcd members and apiservers
+    nodes: tuple[plan.HardwareIdentity, ...] = ()  # only these may hold one (empty: any)
+    grace: int = 60  # seconds a vacated slot waits for its holder before another takes it
+
+
+@dataclass(frozen=True)
 class BootSettings:
     certificate: str  # PEM: the certificate PCs' firmware enrolls (UEFI db)
 
@@ -107,6 +114,7 @@ class Site:
     boot: BootSettings
     join: JoinSettings
     secrets: Secrets = field(repr=False)
+    control_plane: ControlPlaneSettings = ControlPlaneSettings()
 
 
 # --- field parsers: each returns the value or raises ValueError(what is wrong)
@@ -180,6 +188,21 @@ def _globs(what: str) -> Callable[[Any], tuple[str, ...]]:
         return tuple(v)
 
     return parse
+
+
+def _identities(v: Any) -> tuple[plan.HardwareIdentity, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError('expected a list of hardware identities, e.g. ["dmi:4c4c4544-…", '
+                         '"mac:52:54:00:12:34:56"]')
+    out = []
+    for x in v:
+        try:
+            out.append(plan.HardwareIdentity.parse(x))
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+    if len(set(out)) != len(out):
+        raise ValueError("a hardware identity is listed twice")
+    return tuple(out)
 
 
 def _ipv6_net(prefixlen: int) -> Callable[[Any], IPv6Network]:
@@ -279,6 +302,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "boot": {
         "certificate": (_certificate, _REQUIRED),
     },
+    "control_plane": {
+        "count": (_int(1, 7), ControlPlaneSettings.count),
+        "nodes": (_identities, []),
+        "grace": (_int(5, 3600), ControlPlaneSettings.grace),
+    },
     "join": {
         "policy": (_policy, "manual"),
         "allow": (_globs('hardware identities or MAC globs, e.g. ["mac:52:54:00:*", '
@@ -352,6 +380,7 @@ def parse_site(data: Mapping[str, Any], source: str = "site") -> Site:
         boot=BootSettings(**values["boot"]),
         join=JoinSettings(values["join"]["policy"], tuple(values["join"]["allow"])),
         secrets=Secrets(**values["secrets"]),
+        control_plane=ControlPlaneSettings(**values["control_plane"]),
     )
     problems = _cross_checks(site)
     if problems:
@@ -392,6 +421,10 @@ def _cross_checks(site: Site) -> list[str]:
     key = serialization.load_pem_private_key(site.secrets.boot_key.encode(), password=None)
     if cert.public_key() != key.public_key():
         problems.append("boot.certificate: not the certificate of secrets.boot_key")
+    cp = site.control_plane
+    if cp.nodes and len(cp.nodes) < cp.count:
+        problems.append(f"control_plane.nodes: {len(cp.nodes)} listed, fewer than "
+                        f"control_plane.count ({cp.count}) slots")
     seen: dict[IPv6Address, str] = {}
     for name, addr in site.anycast.items():
         if addr not in m.ula:
@@ -498,6 +531,16 @@ range = "{service_range}"
 # One /128 per cluster-wide service, announced by the nodes that run it.
 apiserver = "{anycast.network_address + 1}"
 etcd = "{anycast.network_address + 2}"
+
+[control_plane]
+# How many nodes run etcd and the Kubernetes control plane (1, 3, 5 or 7: etcd
+# needs a majority). Nodes take these slots themselves; when a holder stays
+# unreachable for `grace` seconds, another node takes its slot.
+count = 3
+grace = 60
+# Only these PCs may hold a slot (hardware identities as `kubermesh status`
+# shows them, e.g. "dmi:4c4c4544-…"); empty: any node.
+nodes = []
 
 [join]
 # Who gets this file's secrets when a netbooted PC asks to join:

@@ -17,6 +17,7 @@ from firstboot import agent, status
 from firstboot import overlay as overlay_mod
 from firstboot.agent import EX_CONFIG, Status, configure
 from firstboot.anycast import Anycast
+from firstboot.controlplane import Slots
 from firstboot.kubelet import Kubelet
 from firstboot.node import ConfigError, Links, NodeConfig
 from firstboot.ospf import Conflicts, Neighbour, OspfView
@@ -161,7 +162,8 @@ def status_controller(tmp_path: Path, kernel: Kernel, cfg: NodeConfig | None = N
     links = Links(cfg)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=Conflicts(cfg, ospf),
                 routes=routes, overlay=overlay, anycast=Anycast([], kernel, rt.post),
-                kubelet=Kubelet(cfg, overlay), provision=Provision(cfg, links, ospf, kernel))
+                kubelet=Kubelet(cfg, overlay), provision=Provision(cfg, links, ospf, kernel),
+                slots=Slots(cfg, kernel, routes, ospf))
     return st, rt
 
 

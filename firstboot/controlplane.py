@@ -1,0 +1,182 @@
+"""The control-plane slot this node holds, if any: claimed, kept or yielded
+through OSPFv3 like a pod block (mesh.controlplane), remembered across reboots.
+
+The claim is a /128 on `lo` that ospf6d announces; every node reads the others'
+from its kernel's routes, counts only those their owner advertises (the OSPF
+view), and runs the same pure choice. What a slot holder runs (etcd and the
+Kubernetes control plane) follows the slot this controller reports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from firstboot.files import write_atomic
+from firstboot.node import NodeConfig
+from firstboot.ospf import Ospf
+from firstboot.overlay import Routes, _attr, valid_claims
+from firstboot.runtime import Controller
+from mesh import controlplane
+from mesh.controlplane import SlotClaim
+
+log = logging.getLogger("kubermesh.controlplane")
+
+SETTLE = 10.0  # a fresh node waits this long at most to learn others' claims
+ATTACHED_FOR = 3.0  # or this long after its first route: the LSDB has arrived
+
+
+class Slots(Controller):
+    name = "control-plane"
+    after = ("routes", "ospf")
+    period = 5.0
+
+    def __init__(self, cfg: NodeConfig, ipr: Any, routes: Routes, ospf: Ospf,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg, self.ipr, self.routes, self.ospf, self.clock = cfg, ipr, routes, ospf, clock
+        self.ula = cfg.site.mesh.ula
+        self.settings = cfg.site.control_plane
+        self.subnet = controlplane.slot_subnet(self.ula)
+        self.me = cfg.node.router_id
+        self.allowed = controlplane.eligible(cfg.site)
+        self.slot: int | None = self._remembered()
+        self.returning = self.slot is not None  # until its first choice
+        self.started = clock()
+        self.attached_since: float | None = None
+        self.seen_held: dict[int, float] = {}  # slot -> when it was last seen held
+        self.claims: dict[IPv6Address, SlotClaim] = {}  # others' counted claims
+        self.forged: dict[IPv6Address, SlotClaim] = {}
+        self.addresses_ok = False
+
+    def wants(self, msg: Any) -> bool:
+        return bool(msg.get("event") == "RTM_DELADDR")  # our claim removed by hand
+
+    def message(self, msg: Any) -> None:
+        self.addresses_ok = False
+
+    def overflow(self) -> None:
+        self.addresses_ok = False
+
+    def next_run(self) -> float | None:
+        return 1.0 if self.slot is None else self.period
+
+    def _remembered(self) -> int | None:
+        path = self.cfg.paths.control_plane_state
+        try:
+            slot = json.loads(path.read_text())["slot"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring %s: %s", path, e)
+            return None
+        if slot is None:
+            return None
+        if not isinstance(slot, int) or not 0 <= slot < self.settings.count:
+            log.warning("ignoring %s: slot %r is not one of this site's %d", path, slot,
+                        self.settings.count)
+            return None
+        log.info("remembered control-plane slot %d", slot)
+        return slot
+
+    def holders(self) -> dict[int, IPv4Address]:
+        """Every slot's holder as this node sees it (itself included)."""
+        held = controlplane.holders(self.claims.values())
+        if self.slot is not None:
+            held[self.slot] = self.me
+        return held
+
+    def reconcile(self) -> bool:
+        now = self.clock()
+        before = (self.slot, tuple(sorted(self.holders().items())), len(self.forged))
+        claims = {a: c for a in self.routes.table if a in self.subnet
+                  and (c := controlplane.parse_claim(self.ula, self.settings.count, a))
+                  is not None and c.owner != self.me}
+        counted, forged = valid_claims(claims, self.ospf.view.advertisers)
+        for addr in forged.keys() - self.forged.keys():
+            log.warning("ignoring control-plane claim %s on slot %d: it embeds router-id %s "
+                        "but is advertised by %s", addr, forged[addr].slot, forged[addr].owner,
+                        ", ".join(sorted(self.ospf.view.advertisers.get(addr, ()))))
+        self.claims, self.forged = counted, forged
+        for c in claims.values():
+            self.seen_held[c.slot] = now
+        if self.slot is not None:
+            self.seen_held[self.slot] = now
+        if self.routes.table and self.attached_since is None:
+            self.attached_since = now
+        if self.slot is None and now - self.started < SETTLE and (
+                self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
+            return False  # others' claims are not all known yet
+        if self.returning:
+            # Back with a remembered slot: if another node took it over meanwhile
+            # (its grace ran out), that node keeps it (etcd replaced the member).
+            rival = controlplane.holders(claims.values()).get(self.slot or 0)
+            if rival is not None:
+                log.warning("control-plane slot %s was taken over by router-id %s while this "
+                            "node was away: leaving it there", self.slot, rival)
+                self._take(None, yielding=False)
+            self.returning = False
+        view = self.ospf.view
+        routers = {IPv4Address(r) for r in view.in_db & view.reachable}
+        grace = self.settings.grace
+        # Without a slot, avoid every claim seen, checked or not yet; keeping one
+        # yields only to a checked one.
+        slot = controlplane.choose_slot(
+            self.me, self.settings.count,
+            (claims if self.slot is None else counted).values(), self.slot, routers,
+            self.allowed, lambda s: now - self.seen_held.get(s, now - grace) >= grace)
+        if slot != self.slot:
+            self._take(slot)
+        if not self.addresses_ok:
+            self._apply_address()
+        after = (self.slot, tuple(sorted(self.holders().items())), len(self.forged))
+        return after != before
+
+    def _take(self, slot: int | None, yielding: bool = True) -> None:
+        if self.slot is not None and yielding:
+            rival = controlplane.holders(
+                c for c in self.claims.values() if c.slot == self.slot).get(self.slot)
+            log.warning("yielding control-plane slot %d to router-id %s (lower than ours, %s)",
+                        self.slot, rival, self.me)
+        if slot is not None:
+            log.info("taking control-plane slot %d of %d", slot, self.settings.count,
+                     extra={"fields": {"control_plane_slot": str(slot)}})
+        self.slot = slot
+        self.addresses_ok = False
+        write_atomic(self.cfg.paths.control_plane_state, json.dumps({"slot": slot}) + "\n",
+                     0o644)
+
+    def _apply_address(self) -> None:
+        lo = self.ipr.link_lookup(ifname="lo")[0]
+        have = {ipaddress.IPv6Address(_attr(a, "IFA_ADDRESS"))
+                for a in self.ipr.get_addr(index=lo, family=socket.AF_INET6)}
+        want = ({controlplane.claim_address(self.ula, SlotClaim(self.slot, self.me))}
+                if self.slot is not None else set())
+        for a in sorted(want - have):
+            self.ipr.addr("add", index=lo, address=str(a), prefixlen=128)
+        for a in sorted(a for a in have - want if a in self.subnet):
+            self.ipr.addr("del", index=lo, address=str(a), prefixlen=128)
+        self.addresses_ok = True
+
+    def close(self) -> None:
+        """The claim stays: a runtime restart is not a holder leaving (the next run
+        takes the same slot, remembered); a node that dies withdraws it with its LSAs."""
+
+    def report(self) -> dict[str, Any]:
+        now = self.clock()
+        grace = self.settings.grace
+        held = self.holders()
+        return {
+            "count": self.settings.count,
+            "slot": self.slot,
+            "holders": {str(s): str(r) for s, r in sorted(held.items())},
+            # Vacated slots whose grace still runs: slot -> seconds left.
+            "vacated": {str(s): round(grace - (now - t), 1) for s, t in
+                        sorted(self.seen_held.items()) if s not in held and now - t < grace},
+            "forged": sorted(str(a) for a in self.forged),
+        }

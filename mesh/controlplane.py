@@ -1,0 +1,102 @@
+"""Control-plane slots: which nodes run etcd and the Kubernetes control plane,
+chosen by the mesh itself (pure functions, no side effects).
+
+The site says how many slots there are (`control_plane.count`, default 3) and,
+optionally, which PCs may hold one (`control_plane.nodes`). There is no
+coordinator: a node takes a slot by announcing a /128 on `lo` inside the site's
+control-plane subnet (`<ula>:0003::/64`, see mesh.plan), as pod blocks are
+claimed (mesh.pods):
+
+    <ula>:0003 : 0000:SSSS : RRRR:RRRR /128
+                 slot        holder's OSPF router-id
+
+Every node thus sees every claim and its holder in its kernel's IPv6 routes. A
+claim counts only when the router it names advertises it (firstboot's
+valid_claims), and of two holders of one slot the lower router-id keeps it.
+
+Who takes a free slot: the nodes that may hold one and hold none, in router-id
+order, take the free slots in slot order; so every node, seeing the same mesh,
+reaches the same answer, and a cold start settles without a contest. A slot
+that was held and is no longer (its holder is gone from the mesh) waits
+`control_plane.grace` seconds first: a holder that reboots comes back to its
+slot (it remembers it) instead of being replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+
+from mesh import plan
+from mesh.site import Site
+
+
+@dataclass(frozen=True, order=True)
+class SlotClaim:
+    """One node's announcement: `owner` (router-id) holds control-plane `slot`."""
+
+    slot: int
+    owner: IPv4Address
+
+
+def slot_subnet(ula: IPv6Network) -> IPv6Network:
+    return plan.subnet(ula, plan.CONTROL_PLANE_SUBNET)
+
+
+def claim_address(ula: IPv6Network, claim: SlotClaim) -> IPv6Address:
+    return IPv6Address(int(slot_subnet(ula).network_address) | (claim.slot << 32)
+                       | int(claim.owner))
+
+
+def parse_claim(ula: IPv6Network, count: int, addr: IPv6Address) -> SlotClaim | None:
+    """The claim a /128 announces, or None if it is not a slot of this site."""
+    if addr not in slot_subnet(ula):
+        return None
+    iid = int(addr) & ((1 << 64) - 1)
+    slot, owner = iid >> 32, IPv4Address(iid & 0xFFFFFFFF)
+    if slot >= count or int(owner) in (0, 0xFFFFFFFF):
+        return None
+    return SlotClaim(slot, owner)
+
+
+def holders(claims: Iterable[SlotClaim]) -> dict[int, IPv4Address]:
+    """Who keeps each slot: of several claimants, the lowest router-id."""
+    result: dict[int, IPv4Address] = {}
+    for c in claims:
+        if c.slot not in result or c.owner < result[c.slot]:
+            result[c.slot] = c.owner
+    return result
+
+
+def eligible(site: Site) -> frozenset[IPv4Address] | None:
+    """The router-ids that may hold a slot (derived from the listed PCs), or None: any."""
+    nodes = site.control_plane.nodes
+    if not nodes:
+        return None
+    return frozenset(plan.derive(hw, site.mesh.ula).router_id for hw in nodes)
+
+
+def choose_slot(me: IPv4Address, count: int, others: Iterable[SlotClaim],
+                current: int | None, routers: Iterable[IPv4Address],
+                allowed: frozenset[IPv4Address] | None,
+                claimable: Callable[[int], bool] = lambda slot: True) -> int | None:
+    """The slot this node should hold, or None.
+
+    `others`: the other nodes' counted claims; `current`: this node's slot (also
+    one remembered across a reboot); `routers`: the router-ids this node reaches;
+    `allowed`: who may hold a slot (None: anyone); `claimable(slot)`: whether a free
+    slot may be taken now (False while a vacated slot's grace runs).
+    """
+    held = holders(c for c in others if c.owner != me)
+    if current is not None and current < count:
+        rival = held.get(current)
+        if rival is None or rival > me:
+            return current
+    if allowed is not None and me not in allowed:
+        return None
+    free = [s for s in range(count) if s not in held and claimable(s)]
+    taken_by = set(held.values())
+    waiting = sorted({r for r in routers if allowed is None or r in allowed} - taken_by | {me})
+    rank = waiting.index(me)
+    return free[rank] if rank < len(free) else None

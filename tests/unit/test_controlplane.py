@@ -1,0 +1,87 @@
+"""Control-plane slots (mesh.controlplane): claims as /128s, and the choice every
+node makes from the same view; the site's [control_plane] table."""
+
+from __future__ import annotations
+
+import tomllib
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+
+import pytest
+
+from mesh import controlplane, plan
+from mesh.controlplane import SlotClaim, choose_slot
+from mesh.site import SiteError, new_site_toml, parse_site
+
+ULA = IPv6Network("fd12:3456:789a::/48")
+R = [IPv4Address(f"10.0.0.{i}") for i in range(1, 8)]
+
+
+def test_a_claim_is_a_slot_and_its_holder_in_one_address() -> None:
+    c = SlotClaim(2, IPv4Address("93.201.250.122"))
+    addr = controlplane.claim_address(ULA, c)
+    assert addr == IPv6Address("fd12:3456:789a:3:0:2:5dc9:fa7a")
+    assert controlplane.parse_claim(ULA, 3, addr) == c
+    assert controlplane.parse_claim(ULA, 2, addr) is None  # no slot 2 of 2
+    assert controlplane.parse_claim(ULA, 3, IPv6Address("fd12:3456:789a:2:0:2:5dc9:fa7a")) is None
+    assert controlplane.parse_claim(ULA, 3, IPv6Address("fd12:3456:789a:3::2:0:0")) is None
+
+
+def test_a_cold_start_gives_the_slots_to_the_lowest_router_ids_without_a_contest() -> None:
+    """Every node sees the same routers and no claims: each reaches the same answer."""
+    got = {me: choose_slot(me, 3, [], None, set(R) - {me}, None) for me in R}
+    assert got == {R[0]: 0, R[1]: 1, R[2]: 2, R[3]: None, R[4]: None, R[5]: None, R[6]: None}
+
+
+def test_a_holder_keeps_its_slot_unless_a_lower_router_id_holds_it_too() -> None:
+    # R[5] remembered slot 0 across a reboot; nobody else holds it: it keeps it.
+    assert choose_slot(R[5], 3, [], 0, set(R), None) == 0
+    # A higher claimant does not take it; a lower one does, and R[5] waits.
+    assert choose_slot(R[5], 3, [SlotClaim(0, R[6])], 0, set(R), None) == 0
+    assert choose_slot(R[5], 3, [SlotClaim(0, R[4]), SlotClaim(1, R[0]), SlotClaim(2, R[1])],
+                       0, set(R), None) is None
+    # Yielding, it takes a free slot if it is first in line for one.
+    assert choose_slot(R[5], 3, [SlotClaim(0, R[4]), SlotClaim(1, R[0])], 0, {R[4], R[0]},
+                       None) == 2
+
+
+def test_a_vacated_slot_goes_to_the_first_in_line_after_its_grace() -> None:
+    others = [SlotClaim(0, R[0]), SlotClaim(2, R[2])]  # R[1], holder of 1, is gone
+    alive = {R[0], R[2], R[3], R[4]}
+    waiting = lambda s: s != 1  # noqa: E731 - slot 1's grace runs
+    assert choose_slot(R[3], 3, others, None, alive, None, waiting) is None
+    assert choose_slot(R[3], 3, others, None, alive, None) == 1
+    assert choose_slot(R[4], 3, others, None, alive, None) is None  # R[3] is first
+
+
+def test_only_the_listed_pcs_hold_slots() -> None:
+    allowed = frozenset({R[4], R[5], R[6]})
+    assert choose_slot(R[0], 3, [], None, set(R), allowed) is None
+    # The others' ranks count only eligible routers: R[4] is first of them.
+    assert [choose_slot(r, 3, [], None, set(R), allowed) for r in R[4:]] == [0, 1, 2]
+
+
+def test_the_site_says_how_many_slots_and_who_may_hold_them() -> None:
+    text = new_site_toml("w1")
+    site = parse_site(tomllib.loads(text))
+    assert (site.control_plane.count, site.control_plane.nodes,
+            site.control_plane.grace) == (3, (), 60)
+    assert controlplane.eligible(site) is None
+    ids = ["dmi:4c4c4544-0042-3510-8052-b3c04f4a3732", "mac:52:54:00:12:34:56",
+           "MAC:52:54:00:12:34:57"]
+    listed = text.replace("nodes = []", f"nodes = {ids!r}".replace("'", '"'))
+    site = parse_site(tomllib.loads(listed))
+    assert [str(n) for n in site.control_plane.nodes] == [i.lower() for i in ids]
+    assert controlplane.eligible(site) == frozenset({
+        plan.derive(n, site.mesh.ula).router_id for n in site.control_plane.nodes})
+    for bad, message in [
+        ('nodes = ["52:54:00:12:34:56"]', "control_plane.nodes: '52:54:00:12:34:56' is not a "
+                                          "hardware identity"),
+        ('nodes = ["mac:52:54:00:12:34:56"]', "control_plane.nodes: 1 listed, fewer than "
+                                              "control_plane.count (3)"),
+        ("count = 0", "control_plane.count: 0 is out of range 1..7"),
+    ]:
+        broken = text.replace("nodes = []", bad) if "nodes" in bad else text.replace(
+            "count = 3", bad)
+        with pytest.raises(SiteError) as e:
+            parse_site(tomllib.loads(broken))
+        assert message in str(e.value), str(e.value)
