@@ -109,7 +109,7 @@ class Slots(Controller):
             self.seen_held[self.slot] = now
         if self.routes.table and self.attached_since is None:
             self.attached_since = now
-        if self.slot is None and now - self.started < SETTLE and (
+        if (self.slot is None or self.returning) and now - self.started < SETTLE and (
                 self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
             return False  # others' claims are not all known yet
         if self.returning:

@@ -50,7 +50,8 @@ def test_kubermesh_units_installed_and_enabled(host: Any, image: Image) -> None:
     agent = host.service("kubermesh-agent")
     assert agent.is_enabled and agent.is_running
     # The runtime starts the kubelet once the apiserver is reachable: not enabled.
-    assert not host.service("kubermesh-kubelet").is_enabled
+    enabled = host.run("systemctl is-enabled kubermesh-kubelet").stdout.strip()
+    assert enabled == "static", enabled
     units = host.check_output("systemctl list-unit-files --no-legend 'kubermesh-*'")
     assert "kubermesh-overlay" not in units and "kubermesh-anycast.service" not in units, units
     # Its packet filter is in place; `lab` (test tooling) is not in the image.
