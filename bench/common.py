@@ -20,9 +20,12 @@ from mesh.site import new_site_toml, parse_site
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = None) -> Path:
-    """A fresh site, with the BFD timers changed if asked."""
+def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = None,
+              grace: int | None = None) -> Path:
+    """A fresh site, with the BFD timers or the control-plane grace changed if asked."""
     text = new_site_toml("bench")
+    if grace is not None:
+        text = text.replace("grace = 60", f"grace = {grace}")
     if bfd_interval_ms is not None:
         text = text.replace("bfd_interval_ms = 100", f"bfd_interval_ms = {bfd_interval_ms}")
     if bfd_multiplier is not None:

@@ -207,3 +207,35 @@ def pick_client(topo: Topology, members: list[int]) -> tuple[int, int, int]:
 def node_address(lab: Lab, ref: str | int) -> IPv4Address | None:
     block = remembered_block(lab, ref)
     return pods.node_address(block) if block else None
+
+
+def slot_views(lab: Lab) -> dict[int, dict[str, Any]]:
+    """Each live node's control-plane view (its status's `control_plane`)."""
+    out: dict[int, dict[str, Any]] = {}
+    for n in lab.state.nodes:
+        if n.index in lab.state.dead:
+            continue
+        try:
+            out[n.index] = json.loads(lab.status_file(n.index).read_text())["control_plane"]
+        except (OSError, ValueError, KeyError):
+            out[n.index] = {}
+    return out
+
+
+def slots_differ(lab: Lab, want: dict[int, int]) -> list[str]:
+    """What differs from slot -> node index `want`, seen alike by every live node,
+    each node saying itself which slot it holds."""
+    holders = {str(s): lab.node(i).router_id for s, i in want.items()}
+    problems = []
+    for i, v in slot_views(lab).items():
+        if v.get("holders") != holders:
+            problems.append(f"n{i} sees {v.get('holders')}")
+        mine = next((s for s, n in want.items() if n == i), None)
+        if v.get("slot") != mine:
+            problems.append(f"n{i} holds {v.get('slot')}, not {mine}")
+    return problems
+
+
+def lowest_router_ids(lab: Lab, among: list[int], k: int) -> list[int]:
+    """The k nodes of `among` with the lowest router-ids, lowest first."""
+    return sorted(among, key=lambda i: IPv4Address(lab.node(i).router_id))[:k]
