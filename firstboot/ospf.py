@@ -61,6 +61,8 @@ class OspfView:
     claim_me: frozenset[str] = frozenset()
     # Each /128 announced in the area -> the routers whose LSAs carry it.
     advertisers: Mapping[IPv6Address, frozenset[str]] = field(default_factory=dict)
+    # Cables: router pairs (lower first) whose Router-LSAs each list the other.
+    links: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def full_links(self) -> frozenset[str]:
@@ -103,8 +105,23 @@ def parse_view(me: str, neighbours: dict[str, Any], routers: dict[str, Any], spf
                     continue
                 if net.network.prefixlen == 128:
                     adv.setdefault(net.ip, set()).add(router)
+    listed = {(str(x.get("advRouter")), str(x.get("payload", "")).split("/")[0])
+              for x in lsas}
+    links = frozenset((a, b) if a < b else (b, a) for a, b in listed
+                      if a != b and (b, a) in listed)
     return OspfView(nbrs, reachable, in_db, max(own, default=None), claim_me,
-                    {a: frozenset(r) for a, r in adv.items()})
+                    {a: frozenset(r) for a, r in adv.items()}, links)
+
+
+COMMANDS = ("show ipv6 ospf6 neighbor json", "show ipv6 ospf6 database router json",
+            "show ipv6 ospf6 spf tree", "show ipv6 ospf6 database intra-prefix detail json")
+
+
+def read_view(vty: Vty, me: str) -> OspfView:
+    """Ask ospf6d (VtyError when it does not answer) and parse its answers."""
+    neighbours, routers, spf, prefixes = (vty.command("ospf6d", c) for c in COMMANDS)
+    return parse_view(me, json.loads(neighbours or "{}"), json.loads(routers or "{}"), spf,
+                      json.loads(prefixes or "{}"))
 
 
 class Ospf(Controller):
@@ -126,23 +143,15 @@ class Ospf(Controller):
         return (msg.get("event") == "RTM_NEWROUTE" and msg.get("proto") == RTPROT_OSPF
                 and not set(self.links.names) <= self.view.full_links)
 
-    def _ask(self, command: str) -> str:
-        return self.vty.command("ospf6d", command)
-
     def reconcile(self) -> bool:
         try:
-            answers = [json.loads(self._ask(c) or "{}") for c in (
-                "show ipv6 ospf6 neighbor json", "show ipv6 ospf6 database router json")]
-            spf = self._ask("show ipv6 ospf6 spf tree")
-            prefixes = json.loads(self._ask(
-                "show ipv6 ospf6 database intra-prefix detail json") or "{}")
+            view = read_view(self.vty, self.me)
         except VtyError as e:
             if not self.answered:
                 return False  # FRR not started yet (it starts after the runtime's first pass)
             self.view = OspfView()
             raise RuntimeError(f"ospf6d does not answer: {e}") from e
         self.answered = True
-        view = parse_view(self.me, answers[0], answers[1], spf, prefixes)
         changed = view != self.view
         self.view = view
         return changed

@@ -116,6 +116,15 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--file", type=Path, default=nodestatus.STATUS_FILE)
     status.set_defaults(func=node_status)
 
+    mesh = sub.add_parser("mesh", help="the whole mesh, as this node's OSPFv3 sees it")
+    mesh.set_defaults(func=lambda _: mesh.print_help())
+    msub = mesh.add_subparsers(title="mesh commands")
+    report = msub.add_parser("report", help="single points of failure, random loss simulated, "
+                             "and the cables that would help most")
+    report.add_argument("--file", type=Path, default=nodestatus.STATUS_FILE)
+    _report_arguments(report)
+    report.set_defaults(func=mesh_report)
+
     lab = sub.add_parser("lab", help="a mesh of network namespaces running real FRR")
     lab.set_defaults(func=lambda _: lab.print_help())
     lsub = lab.add_subparsers(title="lab commands")
@@ -127,7 +136,8 @@ def parser() -> argparse.ArgumentParser:
 
     up = cmd("up", "create the lab and wait until it has converged")
     up.add_argument("--topology", required=True,
-                    help="line:N, ring:N, grid:RxC or random:N:K[:SEED]")
+                    help="line:N, ring:N, grid:RxC, random:N:K[:SEED] or "
+                         "floor:RxC[:K][:SEED] (PCs over a warehouse floor)")
     up.add_argument("--site", type=Path, help="site file (default: a fresh one)")
     up.add_argument("--timeout", type=float, help="seconds to wait for convergence")
     up.add_argument("--no-wait", action="store_true", help="do not wait for convergence")
@@ -136,6 +146,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--services", action="append", default=[], metavar="NAME@NODES",
                     help="a real anycast service on some nodes, e.g. etcd@n3,n7,n12")
     up.set_defaults(func=lab_up)
+    lrep = cmd("report", "the lab's mesh as one node's OSPFv3 sees it: what `kubermesh mesh "
+                         "report` says on a node")
+    lrep.add_argument("--node", default="1", help="whose view (default: n1)")
+    _report_arguments(lrep)
+    lrep.set_defaults(func=lab_report)
     st = cmd("status", "adjacencies and routes of every node")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=lab_status)
@@ -170,6 +185,50 @@ def parser() -> argparse.ArgumentParser:
                        help="output directory (default: out)")
     build.set_defaults(func=image_build)
     return p
+
+
+def _report_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--samples", type=int, default=200,
+                   help="random losses simulated per fraction (default 200)")
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--suggest", type=int, default=3, help="cables to suggest (default 3)")
+
+
+def _print_report(args: argparse.Namespace, frr_run: Path, router_id: str,
+                  loopback: str) -> None:
+    from ipaddress import IPv6Address
+
+    from firstboot.meshreport import live_mesh
+    from firstboot.vty import VtyError
+    from mesh import resilience
+
+    if args.samples < 1:
+        raise Failure("--samples: must be 1 or more")
+    try:
+        mesh = live_mesh(frr_run, router_id, IPv6Address(loopback))
+    except VtyError as e:
+        raise Failure(f"ospf6d does not answer ({e})",
+                      hint="the report is OSPFv3's view: is FRR running? (systemctl status frr)"
+                      ) from None
+    r = resilience.report(mesh, samples=args.samples, seed=args.seed, suggest=args.suggest)
+    print(json.dumps(r, indent=1) if args.json else resilience.words(r))
+
+
+def mesh_report(args: argparse.Namespace) -> None:
+    st = _read_status(args.file)
+    if not st.router_id:
+        raise Failure("this node is not on the mesh yet (no router-id in its status)",
+                      hint="kubermesh status")
+    from firstboot.paths import NodePaths
+
+    _print_report(args, NodePaths().frr_run, st.router_id, st.loopback)
+
+
+def lab_report(args: argparse.Namespace) -> None:
+    the_lab = _lab(args)
+    n = the_lab.node(args.node)  # a LabError names what is wrong
+    _print_report(args, the_lab.node_dir(n) / "run", n.router_id, n.loopback)
 
 
 def _read_status(path: Path) -> nodestatus.NodeStatus:

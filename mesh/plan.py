@@ -125,5 +125,10 @@ def derive(identity: HardwareIdentity, ula: IPv6Network) -> NodeIdentity:
     )
 
 
+def hostname_of(loopback: IPv6Address) -> str:
+    """A node's hostname from its loopback (both come from its node id)."""
+    return f"km-{int(loopback) & ((1 << 64) - 1):016x}"[:15]
+
+
 def is_loopback(ula: IPv6Network, addr: ipaddress.IPv6Address) -> bool:
     return addr in loopback_subnet(ula)

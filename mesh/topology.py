@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -54,7 +55,8 @@ def _edge(a: int, b: int) -> Edge:
 
 
 def parse(spec: str) -> Topology:
-    """`line:N`, `ring:N`, `grid:RxC` or `random:N:K[:SEED]`; ValueError says what is wrong."""
+    """`line:N`, `ring:N`, `grid:RxC`, `random:N:K[:SEED]` or `floor:RxC[:K][:SEED]`;
+    ValueError says what is wrong."""
     kind, _, rest = spec.partition(":")
     args = rest.split(":") if rest else []
     try:
@@ -79,8 +81,18 @@ def parse(spec: str) -> Topology:
             k = _count(args[1], 2)
             seed = int(args[2]) if len(args) == 3 else 1
             edges = _random_mesh(n, k, seed)
+        elif kind == "floor" and 1 <= len(args) <= 3 and "x" in args[0]:
+            r_s, c_s = args[0].split("x", 1)
+            rows, cols = _count(r_s, 1), _count(c_s, 1)
+            n = rows * cols
+            if n < 2:
+                raise ValueError("a floor needs at least 2 PCs")
+            k = _count(args[1], 3) if len(args) > 1 else 4  # 2 ports: a line, not a floor
+            seed = int(args[2]) if len(args) == 3 else 1
+            edges = _floor(rows, cols, k, seed)
         else:
-            raise ValueError("expected line:N, ring:N, grid:RxC or random:N:K[:SEED]")
+            raise ValueError("expected line:N, ring:N, grid:RxC, random:N:K[:SEED] or "
+                             "floor:RxC[:K][:SEED]")
     except ValueError as e:
         raise ValueError(f"topology {spec!r}: {e}") from None
     if n > MAX_NODES:
@@ -123,3 +135,70 @@ def _random_mesh(n: int, k: int, seed: int) -> list[Edge]:
             degree[a] += 1
             degree[b] += 1
     return list(edges)
+
+
+def _floor(rows: int, cols: int, k: int, seed: int) -> list[Edge]:
+    """PCs scattered over a warehouse floor, cabled the way a floor is: each to its
+    nearest neighbours (shortest cables first, degree <= k - 1: one port kept
+    free), the pieces this leaves joined by their shortest cable, and a few
+    long cable runs (one per 25 PCs) between far-apart PCs with a free port.
+
+    PC r*cols + c + 1 stands near row r, column c: its own cell, jittered.
+    """
+    rng = random.Random(seed)
+    n = rows * cols
+    pos = {r * cols + c + 1: (r + rng.uniform(-0.35, 0.35), c + rng.uniform(-0.35, 0.35))
+           for r in range(rows) for c in range(cols)}
+
+    def dist(a: int, b: int) -> float:
+        return math.dist(pos[a], pos[b])
+
+    degree = dict.fromkeys(pos, 0)
+    edges: set[Edge] = set()
+
+    def cable(a: int, b: int) -> None:
+        edges.add(_edge(a, b))
+        degree[a] += 1
+        degree[b] += 1
+
+    near = k - 1
+    pairs = sorted((dist(a, b), a, b) for a in pos for b in pos
+                   if a < b and abs(pos[a][0] - pos[b][0]) < 2.5
+                   and abs(pos[a][1] - pos[b][1]) < 2.5)
+    for _, a, b in pairs:
+        if degree[a] < near and degree[b] < near:
+            cable(a, b)
+    # Join the pieces, shortest cable first (a PC may use its spare port for it).
+    component = _components(n, edges)
+    while len(set(component.values())) > 1:
+        _, a, b = min((dist(a, b), a, b) for a in pos for b in pos
+                      if component[a] != component[b] and degree[a] < k and degree[b] < k)
+        cable(a, b)
+        component = _components(n, edges)
+    # Long cable runs across the floor.
+    far = [(a, b) for a in pos for b in pos
+           if a < b and dist(a, b) > max(3.0, (rows + cols) / 4)]
+    rng.shuffle(far)
+    runs = math.ceil(n / 25)
+    for a, b in far:
+        if runs == 0:
+            break
+        if degree[a] < k and degree[b] < k and _edge(a, b) not in edges:
+            cable(a, b)
+            runs -= 1
+    return list(edges)
+
+
+def _components(n: int, edges: set[Edge]) -> dict[int, int]:
+    """Node -> the lowest node of its connected piece."""
+    parent = list(range(n + 1))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    return {x: root(x) for x in range(1, n + 1)}

@@ -92,6 +92,9 @@ def test_parse_view_of_frr_84_answers() -> None:
         IPv6Address("fd01:c9ae:876e:0:a4bd:b7ee:fe5:4ecd"): {"147.198.64.98"},
         IPv6Address("fd01:c9ae:876e:2:a00:100:a00:1"): {"147.198.64.98", "10.0.0.2"},
     }
+    # Cables that both ends list: ME-10.0.0.2 and 10.0.0.2-10.0.0.7; ME lists 10.0.0.3,
+    # which lists nothing back; 10.0.0.9 lists ME, which does not list it.
+    assert v.links == {("10.0.0.2", "10.0.0.7"), ("10.0.0.2", ME)}  # lower id first
 
 
 def test_parse_view_of_an_ospf6d_with_nothing_yet() -> None:

@@ -33,6 +33,30 @@ def test_random_has_redundancy() -> None:
     assert len(t.edges) > 29  # more than a tree: there are other paths to fail over to
 
 
+@pytest.mark.parametrize("spec", ["floor:4x5", "floor:20x20", "floor:10x10:3:7", "floor:1x2",
+                                  "floor:5x8:3:4"])
+def test_a_floor_is_connected_cabled_to_near_pcs_with_a_few_long_runs(spec: str) -> None:
+    t = parse(spec)
+    rows, cols = (int(x) for x in spec.split(":")[1].split("x"))
+    k = int(spec.split(":")[2]) if spec.count(":") >= 2 else 4
+    assert t.nodes == rows * cols and t.connected()
+    assert max(t.degree(i) for i in range(1, t.nodes + 1)) <= k
+    assert parse(spec) == t  # reproducible
+
+    def cell(i: int) -> tuple[int, int]:
+        return divmod(i - 1, cols)
+
+    def span(a: int, b: int) -> int:  # cells apart, along the floor
+        (ra, ca), (rb, cb) = cell(a), cell(b)
+        return max(abs(ra - rb), abs(ca - cb))
+
+    far = [e for e in t.edges if span(*e) > 2]
+    if t.nodes >= 20:
+        assert 1 <= len(far) <= -(-t.nodes // 25) + 1, far  # a few long runs, no more
+        assert len(t.edges) > t.nodes - 1  # more than a tree
+    assert sum(span(*e) <= 2 for e in t.edges) >= len(t.edges) - len(far)
+
+
 def test_without() -> None:
     line = parse("line:4")
     assert not line.without(dead=[2]).connected()
@@ -41,7 +65,8 @@ def test_without() -> None:
 
 
 @pytest.mark.parametrize("spec", ["", "ring", "ring:2", "line:x", "grid:3", "grid:0x3",
-                                  "random:10", "random:10:1", "star:5", "line:5000"])
+                                  "random:10", "random:10:1", "star:5", "line:5000",
+                                  "floor:1x1", "floor:3", "floor:3x3:2", "floor:40x40"])
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(ValueError, match="topology"):
         parse(spec)
