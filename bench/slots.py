@@ -1,7 +1,7 @@
 """Control-plane slots: how long a lab takes to elect them, and to hand a dead
 holder's slot on.
 
-    python -m bench.slots [--topology random:20:3] [--trials 5] [--grace 10]
+    python -m bench.slots [--topology grid:4x5] [--trials 5] [--grace 10]
 
 The node runtime runs in every node. The election is timed from the runtimes'
 start until every node agrees on the holders (the lowest router-ids). Each trial
@@ -55,7 +55,8 @@ def trial(the_lab: Lab, held: dict[int, int], rng: random.Random, grace: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--topology", default="random:20:3")
+    p.add_argument("--topology", default="grid:4x5",
+                   help="2-connected, so that a dead holder cuts no one off (default grid:4x5)")
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--grace", type=int, default=10)
     p.add_argument("--seed", type=int, default=1)

@@ -28,6 +28,7 @@ from typing import Any
 from firstboot import hardware, status
 from firstboot.anycast import Anycast, Service, parse_services
 from firstboot.controlplane import Slots
+from firstboot.etcd import ChildRunner, Etcd, UnitRunner
 from firstboot.filter import Filter
 from firstboot.kubelet import Kubelet
 from firstboot.node import ConfigError, Frr, Identity, Links, NodeConfig, credential
@@ -82,12 +83,12 @@ class Status(Controller):
     name = "status"
     period = STATUS_PERIOD
     after = ("links", "ospf", "conflicts", "provision", "filter", "routes", "overlay",
-             "control-plane", "anycast", "kubelet")
+             "control-plane", "etcd", "anycast", "kubelet")
 
     def __init__(self, cfg: NodeConfig, rt: Runtime, *, links: Links, ospf: Ospf,
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
-                 kubelet: Kubelet, provision: Provision, slots: Slots) -> None:
-        self.cfg, self.rt, self.provision, self.slots = cfg, rt, provision, slots
+                 kubelet: Kubelet, provision: Provision, slots: Slots, etcd: Etcd) -> None:
+        self.cfg, self.rt, self.provision, self.slots, self.etcd = cfg, rt, provision, slots, etcd
         self.links, self.ospf, self.conflicts, self.routes = links, ospf, conflicts, routes
         self.overlay, self.anycast, self.kubelet = overlay, anycast, kubelet
         self.stage = Stage.BOOTING
@@ -144,7 +145,8 @@ class Status(Controller):
             unreachable=tuple(sorted(view.unreachable)), overlay=overlay, anycast=anycast,
             kubelet=self.kubelet.state, updated=time.time(), controllers=reports,
             forged_claims=tuple(sorted(str(a) for a in ov.forged)),
-            provision=self.provision.report(), control_plane=self.slots.report(),
+            provision=self.provision.report(),
+            control_plane={**self.slots.report(), "etcd": self.etcd.report()},
         )
 
     def reconcile(self) -> bool:
@@ -171,7 +173,8 @@ class Status(Controller):
             f"; {len(st.errors)} errors" if st.errors else "")
 
 
-def build(cfg: NodeConfig, services: list[Service]) -> tuple[Runtime, Status]:
+def build(cfg: NodeConfig, services: list[Service], etcd_children: bool = False
+          ) -> tuple[Runtime, Status]:
     """The runtime with every controller, in the order they run."""
     from pyroute2 import IPRoute
 
@@ -195,11 +198,12 @@ def build(cfg: NodeConfig, services: list[Service]) -> tuple[Runtime, Status]:
     frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
     provision = Provision(cfg, links, ospf, ipr)
     slots = Slots(cfg, ipr, routes, ospf)
+    members = Etcd(cfg, slots, ospf, ChildRunner(cfg) if etcd_children else UnitRunner(cfg))
     rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,
-           Filter(links, ospf, provision), routes, overlay, slots, anycast, kubelet)
+           Filter(links, ospf, provision), routes, overlay, slots, members, anycast, kubelet)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
                 overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision,
-                slots=slots)
+                slots=slots, etcd=members)
     rt.add(st)
     return rt, st
 
@@ -234,6 +238,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anycast", action="append", default=[], metavar="NAME=PROBE-URL",
                    help="a service this node runs behind its anycast address, e.g. "
                         "etcd=http://[::1]:2379/health (also the credential kubermesh.anycast)")
+    p.add_argument("--etcd", choices=("unit", "children"), default="unit",
+                   help="how a control-plane slot holder runs its etcd member: "
+                        "kubermesh-etcd.service (a node), or a child process (lab)")
     p.add_argument("--join", action="store_true",
                    help="without a site, ask a serving neighbour to join (what a netbooted "
                         "node does on its own)")
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     node = cfg.node
     log.info("kubermesh agent: %s %s router-id %s (from %s)", node.hostname, node.loopback,
              node.router_id, cfg.hw, extra={"fields": {"node_id": node.node_id}})
-    rt, st = build(cfg, services)
+    rt, st = build(cfg, services, etcd_children=a.etcd == "children")
     st.resume()
     if a.once:
         rt.run_pass()

@@ -21,6 +21,7 @@ class NodePaths:
     credentials: tuple[Path, ...] = (SYSTEM_CREDENTIALS,)  # kubermesh.not_mesh, .anycast
     frr_run: Path = Path("/run/frr")  # ospf6d's and zebra's vty sockets, pid files
     kubelet_binary: Path = Path("/usr/bin/kubelet")
+    etcd_binary: Path = Path("/usr/bin/etcd")  # Debian's etcd-server: a slot holder runs it
     networkd_state: Path = Path("/run/systemd/netif/links")  # which .network each link took
     cmdline: Path = Path("/proc/cmdline")  # where the root and its verity hashes come from
     dev: Path = Path("/dev")  # the boot disk's partitions (netboot sources)
@@ -51,6 +52,16 @@ class NodePaths:
     def control_plane_state(self) -> Path:
         """The control-plane slot this node holds, remembered across restarts and reboots."""
         return self.state_dir / "control-plane.json"
+
+    @property
+    def etcd_data(self) -> Path:
+        """A control-plane slot holder's etcd member (gone when it holds no slot)."""
+        return self.state_dir / "etcd"
+
+    @property
+    def etcd_env(self) -> Path:
+        """The etcd member's configuration, for kubermesh-etcd.service."""
+        return self.run_dir / "etcd" / "etcd.env"
 
     @property
     def netboot_recipe(self) -> Path:

@@ -198,6 +198,10 @@ def render(s: NodeStatus, now: float | None = None) -> str:
         vacated = "".join(f"; slot {slot} vacated, taken over in {left:.0f} s"
                           for slot, left in cp.get("vacated", {}).items())
         lines.append(f"control   {mine}; holders: {held}{vacated}")
+        member = cp.get("etcd", {})
+        if member:
+            lines.append(f"etcd      {member.get('state', '')}" + (
+                f"; members: {', '.join(member['members'])}" if member.get("members") else ""))
     if s.join:
         lines.append(f"join      {s.join}")
     prov = s.provision

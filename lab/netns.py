@@ -157,6 +157,54 @@ class NodeStatus:
         return sum(1 for a in self.adjacencies if a.state == "Full")
 
 
+SYSCTL = Path("/proc/sys")
+
+
+def host_limits(nodes: int, cables: int) -> dict[str, int]:
+    """What a lab of this size needs of the host, at least (sysctl -> value).
+
+    The IPv6 and IPv4 neighbour tables are the host's, shared by every namespace:
+    each cable end holds link-local neighbours (and OSPF's multicast peers), so
+    the default of 1024 entries (gc_thresh3) overflows near 400 nodes and ospf6d's
+    sends fail with EINVAL. Each node also runs a handful of daemons and an agent.
+    """
+    entries = max(1024, 8 * cables + 4 * nodes)
+    need = {}
+    for family in ("ipv6", "ipv4"):
+        need[f"net.{family}.neigh.default.gc_thresh3"] = entries
+        need[f"net.{family}.neigh.default.gc_thresh2"] = entries // 2
+        need[f"net.{family}.neigh.default.gc_thresh1"] = entries // 8
+    need["fs.inotify.max_user_instances"] = max(128, 8 * nodes)
+    need["kernel.pid_max"] = max(32768, 64 * nodes)
+    need["kernel.threads-max"] = max(32768, 64 * nodes)
+    return need
+
+
+def raise_host_limits(need: dict[str, int], progress: Callable[[str], None],
+                      root: Path = SYSCTL) -> dict[str, tuple[int, int]]:
+    """Raise (never lower) each limit below what is needed; say so. Returns what
+    changed (key -> (was, now)); LabError naming the limit when it cannot."""
+    changed = {}
+    for key, want in need.items():
+        path = root / key.replace(".", "/")
+        try:
+            have = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError) as e:
+            raise LabError(f"cannot read {key} ({e}): the lab needs it at {want} or more") \
+                from None
+        if have >= want:
+            continue
+        try:
+            path.write_text(f"{want}\n")
+        except OSError as e:
+            raise LabError(f"cannot raise {key} from {have} to {want} ({e.strerror}): a lab "
+                           f"of this size needs it; raise it on the host (sysctl -w "
+                           f"{key}={want}) or make the lab smaller") from None
+        changed[key] = (have, want)
+        progress(f"raised the host's {key} from {have} to {want} (a lab this size needs it)")
+    return changed
+
+
 def lab_identity(lab: str, index: int) -> HardwareIdentity:
     """A stable made-up permanent MAC per lab node (locally administered)."""
     h = hashlib.sha256(f"kubermesh-lab/{lab}/{index}".encode()).digest()
@@ -246,6 +294,7 @@ class Lab:
             self._state.services = self._check_services(services or {}, site, agent)
             self._save()  # recorded before anything is made, so down() finds it all
             progress(f"{topo.nodes} nodes, {len(topo.edges)} cables")
+            raise_host_limits(host_limits(topo.nodes, len(topo.edges)), progress)
             self._create(site, sites or {}, progress)
         except BaseException as e:
             kept = self.down(keep_logs=True)
@@ -320,7 +369,7 @@ class Lab:
         argv = [sys.executable, "-m", "firstboot.agent", "--site", str(self.dir / "site.toml"),
                 "--state-dir", str(d), "--frr-run-dir", str(d / "run"),
                 "--identity", n.hardware, "--virtual-links", "--no-hostname",
-                "--frr-log", f"file {d}/frr.log informational"]
+                "--frr-log", f"file {d}/frr.log informational", "--etcd", "children"]
         for name, members in self.state.services.items():
             if n.index in members:
                 argv += ["--anycast", f"{name}=http://[{n.loopback}]:2379/health"]

@@ -239,3 +239,23 @@ def slots_differ(lab: Lab, want: dict[int, int]) -> list[str]:
 def lowest_router_ids(lab: Lab, among: list[int], k: int) -> list[int]:
     """The k nodes of `among` with the lowest router-ids, lowest first."""
     return sorted(among, key=lambda i: IPv4Address(lab.node(i).router_id))[:k]
+
+
+def slot_etcd_differs(lab: Lab, holders: list[int]) -> list[str]:
+    """What differs from: the etcd cluster is exactly the members of `holders`, every
+    one started, as each holder's own member lists it."""
+    from mesh import etcd, plan
+
+    want = {plan.hostname_of(IPv6Address(lab.node(i).loopback)) for i in holders}
+    problems = []
+    for i in holders:
+        url = etcd.url(IPv6Address(lab.node(i).loopback), etcd.CLIENT_PORT)
+        r = lab.exec(i, ["etcdctl", "--endpoints", url, "--command-timeout=2s", "member",
+                         "list", "-w", "json"], timeout=10, check=False)
+        if r.returncode != 0:
+            problems.append(f"n{i}'s member does not answer: {r.stderr.strip()[:120]}")
+            continue
+        names = {m.get("name", "") for m in json.loads(r.stdout).get("members", [])}
+        if names != want:
+            problems.append(f"n{i}'s member lists {sorted(names)}, not {sorted(want)}")
+    return problems

@@ -1,6 +1,7 @@
-"""Control-plane slots elected by the mesh itself: the node runtime in every node
-of a real FRR lab, slots claimed through OSPFv3; a holder's silent death, its
-slot taken over after the grace, and the holder's return."""
+"""Control-plane slots elected by the mesh itself, and etcd on their holders: the
+node runtime in every node of a real FRR lab, slots claimed through OSPFv3, real
+etcd (Debian's 3.4) started by the runtime; a holder's silent death, its slot
+taken over after the grace and its etcd member replaced, and the holder's return."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.stack import lowest_router_ids, slot_views, slots_differ
+from lab.stack import lowest_router_ids, slot_etcd_differs, slot_views, slots_differ
 from mesh.site import new_site_toml
 from tests.lab.conftest import LabFactory
 
@@ -40,14 +41,21 @@ def site_file(tmp_path: Path) -> Path:
     return f
 
 
-def test_slots_are_elected_taken_over_after_the_grace_and_not_taken_back(
+def test_slots_and_etcd_are_elected_taken_over_after_the_grace_and_not_taken_back(
         make_lab: LabFactory, site_file: Path) -> None:
-    lab = make_lab("random:8:3", site_file=site_file, agent=True)
+    # 2-connected: a dead holder cuts no one off (a cut-off part elects its own holders).
+    lab = make_lab("grid:3x3", site_file=site_file, agent=True)
     nodes = [n.index for n in lab.state.nodes]
     first = lowest_router_ids(lab, nodes, 3)
     # A cold start: the three lowest router-ids, in order, with no contest.
     wait_for("three slots held by the three lowest router-ids",
              lambda: slots_differ(lab, dict(enumerate(first))), timeout=60)
+    # The holders found one etcd cluster together, the others run none.
+    founded = wait_for("an etcd cluster of the three holders",
+                       lambda: slot_etcd_differs(lab, first), timeout=60)
+    print(f"\netcd cluster of the slot holders answering {founded:.1f} s after the election")
+    assert not any((lab.node_dir(lab.node(i)) / "etcd").exists()
+                   for i in nodes if i not in first)
 
     victim = first[1]
     lab.kill(victim)
@@ -63,8 +71,12 @@ def test_slots_are_elected_taken_over_after_the_grace_and_not_taken_back(
                      lambda: slots_differ(lab, {0: first[0], 1: heir, 2: first[2]}),
                      timeout=GRACE + 40)
     assert time.monotonic() - killed >= GRACE, "taken over before the grace ran out"
-    print(f"\nslot 1 taken over {time.monotonic() - killed:.1f} s after its holder died "
+    print(f"slot 1 taken over {time.monotonic() - killed:.1f} s after its holder died "
           f"(grace {GRACE} s; {taken:.1f} s after the vacated slot was seen)")
+    # The heir replaced the dead holder's etcd member: three members, all running.
+    replaced = wait_for("etcd with the heir's member instead of the dead holder's",
+                        lambda: slot_etcd_differs(lab, [first[0], heir, first[2]]), timeout=60)
+    print(f"etcd healthy with three members again {replaced:.1f} s after the takeover")
 
     # The old holder comes back remembering slot 1: its heir keeps it.
     lab.revive(victim)
@@ -76,3 +88,6 @@ def test_slots_are_elected_taken_over_after_the_grace_and_not_taken_back(
     assert slots_differ(lab, {0: first[0], 1: heir, 2: first[2]}) == []
     log = lab.node_dir(lab.node(victim)) / "agent.log"
     assert "was taken over by router-id" in log.read_text()
+    # Back without a slot, it runs no etcd and keeps no member data.
+    assert not (lab.node_dir(lab.node(victim)) / "etcd").exists()
+    assert slot_etcd_differs(lab, [first[0], heir, first[2]]) == []

@@ -18,6 +18,7 @@ from firstboot import overlay as overlay_mod
 from firstboot.agent import EX_CONFIG, Status, configure
 from firstboot.anycast import Anycast
 from firstboot.controlplane import Slots
+from firstboot.etcd import ChildRunner, Etcd
 from firstboot.kubelet import Kubelet
 from firstboot.node import ConfigError, Links, NodeConfig
 from firstboot.ospf import Conflicts, Neighbour, OspfView
@@ -163,7 +164,8 @@ def status_controller(tmp_path: Path, kernel: Kernel, cfg: NodeConfig | None = N
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=Conflicts(cfg, ospf),
                 routes=routes, overlay=overlay, anycast=Anycast([], kernel, rt.post),
                 kubelet=Kubelet(cfg, overlay), provision=Provision(cfg, links, ospf, kernel),
-                slots=Slots(cfg, kernel, routes, ospf))
+                slots=(slots := Slots(cfg, kernel, routes, ospf)),
+                etcd=Etcd(cfg, slots, ospf, ChildRunner(cfg)))
     return st, rt
 
 

@@ -1,0 +1,235 @@
+"""etcd on the control-plane slot holders: one member per slot, one cluster.
+
+Holding a slot (firstboot.controlplane), a node runs an etcd member:
+- with data of its own (a restart, a reboot within the grace): as it is;
+- else, if some other holder's member answers: it joins the running cluster
+  (etcd's own member API, v3 JSON gateway): the members of nodes that hold no
+  slot any more (a dead holder's, replaced) are removed, this node is added,
+  and it starts as "existing";
+- else, once every slot is held: all holders found the cluster together, each
+  with the same initial cluster (they see the same holders).
+Holding no slot (never, or yielded), it runs no member and keeps no member data.
+
+The member runs as `kubermesh-etcd.service` on a node (its configuration in
+NodePaths.etcd_env) or as a child process in the lab (`--etcd children`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Protocol
+
+from firstboot.controlplane import Slots
+from firstboot.files import write_atomic
+from firstboot.node import NodeConfig
+from firstboot.ospf import Ospf
+from firstboot.runtime import Controller
+from mesh import etcd, plan
+from mesh.etcd import Member
+
+log = logging.getLogger("kubermesh.etcd")
+
+UNIT = "kubermesh-etcd.service"
+API_TIMEOUT = 2.0
+
+
+class Runner(Protocol):
+    def running(self) -> bool: ...
+
+    def start(self, env: Mapping[str, str]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class UnitRunner:
+    """kubermesh-etcd.service, configured by the environment file it reads."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.env_file = cfg.paths.etcd_env
+
+    def running(self) -> bool:
+        """Active, or on its way (etcd tells systemd when it has joined)."""
+        r = subprocess.run(["systemctl", "is-active", UNIT], capture_output=True, text=True,
+                           timeout=10, check=False)
+        return r.stdout.strip() in ("active", "activating", "reloading")
+
+    def start(self, env: Mapping[str, str]) -> None:
+        write_atomic(self.env_file, etcd.environment_file(env), 0o644)
+        r = subprocess.run(["systemctl", "start", "--no-block", UNIT], capture_output=True,
+                           text=True, timeout=30, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"systemctl start {UNIT}: {r.stderr.strip()}")
+
+    def stop(self) -> None:
+        subprocess.run(["systemctl", "stop", UNIT], capture_output=True, timeout=60,
+                       check=False)
+
+    def close(self) -> None:
+        """A runtime that stops leaves the member running (it is the node's, not the
+        runtime's): the next run finds it."""
+
+
+class ChildRunner:
+    """The lab's: etcd as a child of the runtime, in the node's namespace."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.binary = cfg.paths.etcd_binary
+        self.log = cfg.paths.state_dir / "etcd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, env: Mapping[str, str]) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([str(self.binary)], env=dict(env),
+                                         stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+
+
+def api(client_url: str, call: str, body: Mapping[str, Any] | None = None) -> Any:
+    """One call of etcd's v3 JSON gateway (POST /v3/cluster/member/list, …)."""
+    req = urllib.request.Request(f"{client_url}/v3/{call}",
+                                 data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=API_TIMEOUT) as r:
+        return json.loads(r.read() or b"{}")
+
+
+class Etcd(Controller):
+    name = "etcd"
+    after = ("control-plane", "ospf")
+    period = 5.0
+
+    def __init__(self, cfg: NodeConfig, slots: Slots, ospf: Ospf, runner: Runner) -> None:
+        self.cfg, self.slots, self.ospf, self.runner = cfg, slots, ospf, runner
+        self.me = Member(cfg.node.hostname, cfg.node.loopback)
+        self.token = etcd.cluster_token(cfg.site.name, cfg.site.mesh.ula)
+        self.state = "no slot"
+        self.members: tuple[str, ...] = ()  # names in the cluster, as last listed
+
+    def next_run(self) -> float | None:
+        return 1.0 if self.slots.slot is not None and self.state != "running" else self.period
+
+    def holders(self) -> dict[int, Member] | None:
+        """Every slot holder as an etcd member, or None while one's loopback is unknown."""
+        loops = plan.loopback_subnet(self.cfg.site.mesh.ula)
+        by_router: dict[IPv4Address, IPv6Address] = {}
+        for addr, routers in self.ospf.view.advertisers.items():
+            if addr in loops and len(routers) == 1:
+                by_router[IPv4Address(next(iter(routers)))] = addr
+        out = {}
+        for slot, router in self.slots.holders().items():
+            if router == self.cfg.node.router_id:
+                out[slot] = self.me
+            elif router in by_router:
+                out[slot] = Member(plan.hostname_of(by_router[router]), by_router[router])
+            else:
+                return None
+        return out
+
+    def reconcile(self) -> bool:
+        before = (self.state, self.members)
+        data = self.cfg.paths.etcd_data
+        if self.slots.slot is None:
+            if self.runner.running():
+                log.info("stopping etcd: this node holds no control-plane slot")
+                self.runner.stop()
+            if data.exists():
+                shutil.rmtree(data)  # its member was, or will be, replaced
+            self.state, self.members = "no slot", ()
+            return before != (self.state, self.members)
+        if not self.cfg.paths.etcd_binary.exists():
+            self.state = f"not installed ({self.cfg.paths.etcd_binary})"
+            return before != (self.state, self.members)
+        if self.runner.running():
+            try:
+                self._list(self.me.client_url)
+                self.state = "running"
+            except (OSError, ValueError) as e:
+                self.state = f"running, not answering yet ({e})"
+            return before != (self.state, self.members)
+        if (data / "member").is_dir():
+            log.info("starting etcd member %s from its data", self.me.name)
+            self._start({self.me.name: self.me.peer_url}, "existing")
+            return True
+        holders = self.holders()
+        if holders is None:
+            self.state = "waiting for the slot holders' loopbacks"
+            return before != (self.state, self.members)
+        others = [m for m in holders.values() if m != self.me]
+        for m in others:
+            try:
+                members = self._list(m.client_url)
+            except (OSError, ValueError):
+                continue
+            self._join(m, members, holders)
+            return True
+        if len(holders) < self.cfg.site.control_plane.count:
+            self.state = (f"waiting for every slot to be held ({len(holders)} of "
+                          f"{self.cfg.site.control_plane.count})")
+            return before != (self.state, self.members)
+        cluster = {m.name: m.peer_url for m in holders.values()}
+        log.info("founding the etcd cluster with %s", ", ".join(sorted(cluster)))
+        self._start(cluster, "new")
+        return True
+
+    def _list(self, client_url: str) -> list[dict[str, Any]]:
+        members: list[dict[str, Any]] = api(client_url, "cluster/member/list").get("members", [])
+        self.members = tuple(sorted(str(x.get("name") or "(starting)") for x in members))
+        return members
+
+    def _join(self, via: Member, members: list[dict[str, Any]],
+              holders: Mapping[int, Member]) -> None:
+        """Join the running cluster through `via`: replace members no holder runs."""
+        wanted = {m.peer_url for m in holders.values()}
+        for x in members:
+            urls = set(x.get("peerURLs", []))
+            if not urls & wanted:
+                log.warning("removing etcd member %s (%s): its node holds no slot any more",
+                            x.get("name") or x.get("ID"), ", ".join(sorted(urls)))
+                api(via.client_url, "cluster/member/remove", {"ID": x["ID"]})
+        if not any(self.me.peer_url in x.get("peerURLs", []) for x in members):
+            log.info("adding this node to the etcd cluster through %s", via.name)
+            members = api(via.client_url, "cluster/member/add",
+                          {"peerURLs": [self.me.peer_url]}).get("members", [])
+        cluster = {self.me.name: self.me.peer_url}
+        for x in members:
+            urls, name = x.get("peerURLs", []), x.get("name")
+            if urls and urls[0] in wanted and name:  # started members: they have a name
+                cluster[str(name)] = urls[0]
+        self._start(cluster, "existing")
+
+    def _start(self, cluster: Mapping[str, str], state: str) -> None:
+        data = self.cfg.paths.etcd_data
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.runner.start(etcd.environment(self.me, cluster, state, data, self.token))
+        self.state = "starting"
+
+    def close(self) -> None:
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
+
+    def report(self) -> dict[str, Any]:
+        return {"state": self.state, "members": list(self.members)}

@@ -1,0 +1,138 @@
+"""etcd on the slot holders: its configuration (mesh.etcd), and the member's
+choices (firstboot.etcd): found the cluster once every slot is held, join a
+running one replacing a gone holder's member, run nothing without a slot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firstboot import etcd as etcd_mod
+from firstboot.controlplane import Slots
+from firstboot.etcd import Etcd
+from firstboot.ospf import OspfView
+from firstboot.overlay import Routes
+from mesh import etcd, plan
+from mesh.controlplane import SlotClaim
+from tests.unit.fakes import Kernel, idle_ospf, node_config
+
+A = etcd.Member("km-aaaaaaaaaaaa", IPv6Address("fd00:1::aaaa:aaaa:aaaa:aaaa"))
+
+
+def test_the_members_configuration() -> None:
+    env = etcd.environment(A, {A.name: A.peer_url, "km-b": "http://[fd00:1::b]:2380"}, "new",
+                           Path("/var/lib/kubermesh/etcd"), "kubermesh-w1")
+    assert env["ETCD_LISTEN_CLIENT_URLS"] == "http://[fd00:1::aaaa:aaaa:aaaa:aaaa]:2379"
+    assert env["ETCD_INITIAL_CLUSTER"] == (
+        "km-aaaaaaaaaaaa=http://[fd00:1::aaaa:aaaa:aaaa:aaaa]:2380,km-b=http://[fd00:1::b]:2380")
+    assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+    assert "ETCD_NAME=km-aaaaaaaaaaaa\n" in etcd.environment_file(env)
+    with pytest.raises(ValueError, match="not in the initial cluster"):
+        etcd.environment(A, {"km-b": "x"}, "new", Path("/d"), "t")
+    with pytest.raises(ValueError, match="not new or existing"):
+        etcd.environment(A, {A.name: A.peer_url}, "old", Path("/d"), "t")
+
+
+class FakeRunner:
+    def __init__(self) -> None:
+        self.env: dict[str, str] | None = None
+        self.stopped = 0
+
+    def running(self) -> bool:
+        return self.env is not None
+
+    def start(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+
+    def stop(self) -> None:
+        self.env = None
+        self.stopped += 1
+
+
+def peer(addr: IPv6Address) -> str:
+    return etcd.url(addr, etcd.PEER_PORT)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> tuple[Etcd, Slots, FakeRunner]:
+    cfg = node_config(tmp_path, router_id=IPv4Address("10.0.0.1"))
+    binary = tmp_path / "etcd"
+    binary.touch()
+    cfg = replace(cfg, paths=replace(cfg.paths, etcd_binary=binary))
+    kernel = Kernel()
+    ospf = idle_ospf(cfg, tmp_path)
+    slots = Slots(cfg, kernel, Routes(cfg, kernel), ospf)
+    runner = FakeRunner()
+    return Etcd(cfg, slots, ospf, runner), slots, runner
+
+
+def others(e: Etcd, slots: Slots, routers: dict[str, int]) -> dict[str, IPv6Address]:
+    """Other holders: router-id -> slot; their loopbacks in the OSPF view."""
+    loops = plan.loopback_subnet(e.cfg.site.mesh.ula).network_address
+    lo = {r: IPv6Address(int(loops) | (0xb0 + i) << 56) for i, r in enumerate(routers)}
+    e.ospf.view = OspfView(advertisers={a: frozenset({r}) for r, a in lo.items()})
+    slots.claims = {IPv6Address(int(a)): SlotClaim(s, IPv4Address(r))
+                    for (r, s), a in zip(routers.items(), lo.values(), strict=True)}
+    return lo
+
+
+def test_holders_found_the_cluster_together_once_every_slot_is_held(
+        node: tuple[Etcd, Slots, FakeRunner], monkeypatch: pytest.MonkeyPatch) -> None:
+    e, slots, runner = node
+    monkeypatch.setattr(etcd_mod, "api", lambda *a, **k: (_ for _ in ()).throw(OSError("no")))
+    e.reconcile()
+    assert e.state == "no slot" and runner.env is None
+    slots.slot = 0
+    lo = others(e, slots, {"10.0.0.2": 1})
+    e.reconcile()
+    assert e.state == "waiting for every slot to be held (2 of 3)" and runner.env is None
+    lo = others(e, slots, {"10.0.0.2": 1, "10.0.0.3": 2})
+    e.reconcile()
+    assert runner.env is not None and runner.env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+    cluster = dict(x.split("=", 1) for x in runner.env["ETCD_INITIAL_CLUSTER"].split(","))
+    assert sorted(cluster.values()) == sorted([e.me.peer_url, *(peer(a) for a in lo.values())])
+    assert cluster[e.me.name] == e.me.peer_url
+    assert (e.cfg.paths.etcd_data.stat().st_mode & 0o777) == 0o700
+    # Without its slot (yielded), the member stops and its data goes.
+    slots.slot = None
+    slots.claims = {}
+    e.reconcile()
+    assert runner.stopped == 1 and not e.cfg.paths.etcd_data.exists() and e.state == "no slot"
+
+
+def test_an_heir_replaces_the_gone_holders_member(
+        node: tuple[Etcd, Slots, FakeRunner], monkeypatch: pytest.MonkeyPatch) -> None:
+    e, slots, runner = node
+    slots.slot = 1  # taken over from a holder that died
+    lo = others(e, slots, {"10.0.0.2": 0, "10.0.0.3": 2})
+    dead = "http://[fd00:9::dead]:2380"
+    listed = [{"ID": "11", "name": "km-b", "peerURLs": [peer(lo["10.0.0.2"])]},
+              {"ID": "12", "name": "km-dead", "peerURLs": [dead]},
+              {"ID": "13", "name": "km-c", "peerURLs": [peer(lo["10.0.0.3"])]}]
+    calls: list[tuple[str, str, Any]] = []
+
+    def api(url: str, call: str, body: Any = None) -> Any:
+        calls.append((url, call, body))
+        if call == "cluster/member/list":
+            return {"members": listed}
+        if call == "cluster/member/remove":
+            listed[:] = [x for x in listed if x["ID"] != body["ID"]]
+            return {"members": listed}
+        listed.append({"ID": "14", "peerURLs": body["peerURLs"]})  # added, not started: no name
+        return {"members": listed}
+
+    monkeypatch.setattr(etcd_mod, "api", api)
+    e.reconcile()
+    assert [c[1] for c in calls] == ["cluster/member/list", "cluster/member/remove",
+                                     "cluster/member/add"]
+    assert calls[1][2] == {"ID": "12"} and calls[2][2] == {"peerURLs": [e.me.peer_url]}
+    assert runner.env is not None and runner.env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    cluster = dict(x.split("=", 1) for x in runner.env["ETCD_INITIAL_CLUSTER"].split(","))
+    assert cluster == {"km-b": peer(lo["10.0.0.2"]), "km-c": peer(lo["10.0.0.3"]),
+                       e.me.name: e.me.peer_url}
+    assert dead not in runner.env["ETCD_INITIAL_CLUSTER"]

@@ -1,0 +1,52 @@
+"""The host limits a lab raises for its size (lab.netns.host_limits), and how it
+says so or refuses (against a stand-in /proc/sys directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.netns import LabError, host_limits, raise_host_limits
+
+
+def test_small_labs_need_nothing_and_400_nodes_need_a_bigger_neighbour_table() -> None:
+    small = host_limits(30, 45)
+    assert small["net.ipv6.neigh.default.gc_thresh3"] == 1024  # the kernel's default
+    big = host_limits(400, 800)
+    assert big["net.ipv6.neigh.default.gc_thresh3"] == 8 * 800 + 4 * 400
+    assert big["net.ipv6.neigh.default.gc_thresh1"] < big["net.ipv6.neigh.default.gc_thresh2"] \
+        < big["net.ipv6.neigh.default.gc_thresh3"]
+
+
+def sysctl(root: Path, values: dict[str, int]) -> None:
+    for key, value in values.items():
+        path = root / key.replace(".", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{value}\n")
+
+
+def test_limits_are_raised_never_lowered_and_said(tmp_path: Path) -> None:
+    sysctl(tmp_path, {"net.ipv6.neigh.default.gc_thresh3": 1024, "kernel.pid_max": 4194304})
+    said: list[str] = []
+    changed = raise_host_limits({"net.ipv6.neigh.default.gc_thresh3": 8000,
+                                 "kernel.pid_max": 32768}, said.append, tmp_path)
+    assert changed == {"net.ipv6.neigh.default.gc_thresh3": (1024, 8000)}
+    assert (tmp_path / "net/ipv6/neigh/default/gc_thresh3").read_text() == "8000\n"
+    assert (tmp_path / "kernel/pid_max").read_text() == "4194304\n"
+    assert said == ["raised the host's net.ipv6.neigh.default.gc_thresh3 from 1024 to 8000 "
+                    "(a lab this size needs it)"]
+
+
+def test_a_limit_that_cannot_be_raised_is_refused_by_name(tmp_path: Path) -> None:
+    # A read-only sysctl of the real /proc stands in for one the host forbids (root
+    # writes any plain file): ngroups_max is 0444 and refuses writes even to root.
+    limit = tmp_path / "net/ipv6/neigh/default/gc_thresh3"
+    limit.parent.mkdir(parents=True)
+    limit.symlink_to("/proc/sys/kernel/ngroups_max")
+    have = int(limit.read_text())
+    with pytest.raises(LabError, match=rf"cannot raise net.ipv6.neigh.default.gc_thresh3 "
+                                       rf"from {have} to {have + 1} \(Permission denied\)"):
+        raise_host_limits({"net.ipv6.neigh.default.gc_thresh3": have + 1}, print, tmp_path)
+    with pytest.raises(LabError, match=r"cannot read kernel\.pid_max"):
+        raise_host_limits({"kernel.pid_max": 1}, print, tmp_path)
