@@ -1,0 +1,126 @@
+"""The forklift: a third of the warehouse's PCs gone at once, and a storm of cables
+cut and plugged, on labs of 100 to 400 nodes.
+
+    python -m bench.forklift [--sizes 100,200,400] [--kinds random,floor]
+                             [--fraction 0.333] [--pings 20] [--storm 0.1] [--seed 1]
+
+For each size and topology (random:N:4, or floor:RxC for the nearest R x C), on
+a converged lab: a random `fraction` of the nodes is killed at once (silent
+death: daemons SIGKILLed, forwarding off, cables left up); the time until every
+survivor routes exactly to the survivors it is still connected to, and to no
+dead or cut-off node; the pieces the survivors form and the largest; pings
+between random pairs in one piece. Then the storm: `storm` of the surviving
+cables are pulled at once, the time until every node routes exactly what is
+still connected, then all plugged back, and the time until it is whole again.
+
+The lab runs FRR alone by default (`--agent` for the node runtime too), so the
+figures are the routing's; the lab raises the host limits it needs and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import random
+import time
+
+from bench.common import lab, save, site_file
+from lab.netns import Lab
+from mesh.topology import Topology, parse
+
+
+def spec_for(kind: str, n: int) -> str:
+    if kind == "random":
+        return f"random:{n}:4"
+    rows = max(1, round(math.sqrt(n / 2)))
+    return f"floor:{rows}x{max(2, round(n / rows))}"
+
+
+def pieces(topo: Topology, alive: list[int]) -> list[list[int]]:
+    left = set(alive)
+    out = []
+    while left:
+        start = min(left)
+        reach = [i for i in topo.distances(start) if i in left]
+        out.append(sorted(reach))
+        left -= set(reach)
+    return sorted(out, key=len, reverse=True)
+
+
+def forklift(the_lab: Lab, rng: random.Random, fraction: float, pings: int) -> dict[str, object]:
+    st = the_lab.state
+    nodes = [n.index for n in st.nodes]
+    victims = rng.sample(nodes, round(len(nodes) * fraction))
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        killed = time.monotonic()
+        list(pool.map(the_lab.kill, victims))
+    spread = time.monotonic() - killed
+    took = the_lab.wait_converged(timeout=600)
+    survivors = [i for i in nodes if i not in st.dead]
+    parts = pieces(st.topology.without(st.dead, st.cut), survivors)
+    pairs = []
+    for _ in range(pings):
+        part = rng.choice([p for p in parts if len(p) > 1] or [[]])
+        if len(part) > 1:
+            pairs.append(tuple(rng.sample(part, 2)))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answered = sum(pool.map(lambda p: the_lab.ping(p[0], p[1], count=2), pairs))
+    return {"killed": len(victims), "kills_spread_s": round(spread, 2),
+            "reconverged_s": round(took + spread, 1), "pieces": len(parts),
+            "largest_piece": len(parts[0]) if parts else 0, "survivors": len(survivors),
+            "pings_answered": f"{answered}/{len(pairs)}"}
+
+
+def storm(the_lab: Lab, rng: random.Random, share: float) -> dict[str, object]:
+    st = the_lab.state
+    alive = [e for e in st.topology.edges if not set(e) & set(st.dead)]
+    cut = rng.sample(alive, max(1, round(len(alive) * share)))
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda e: the_lab.cut(*e), cut))
+    the_lab.wait_converged(timeout=600)
+    after_cut = time.monotonic() - start  # the cutting included
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        start = time.monotonic()
+        list(pool.map(lambda e: the_lab.plug(*e), cut))
+    the_lab.wait_converged(timeout=600)
+    return {"cables_cut": len(cut), "converged_after_cut_s": round(after_cut, 1),
+            "whole_again_after_plug_s": round(time.monotonic() - start, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100,200,400")
+    p.add_argument("--kinds", default="random,floor")
+    p.add_argument("--fraction", type=float, default=1 / 3)
+    p.add_argument("--pings", type=int, default=20)
+    p.add_argument("--storm", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--agent", action="store_true", help="the node runtime in every node too")
+    args = p.parse_args()
+    results = []
+    for kind in args.kinds.split(","):
+        for n in (int(x) for x in args.sizes.split(",")):
+            spec = spec_for(kind, n)
+            rng = random.Random(f"{args.seed}:{spec}")
+            with lab() as the_lab:
+                start = time.monotonic()
+                the_lab.up(parse(spec), site_file=site_file(), agent=args.agent,
+                           progress=lambda m: print(f"  {m}", flush=True))
+                setup = time.monotonic() - start
+                cold = the_lab.wait_converged(timeout=900)
+                row: dict[str, object] = {"topology": spec, "nodes": the_lab.state.topology.nodes,
+                                          "setup_s": round(setup, 1),
+                                          "cold_convergence_s": round(cold, 1)}
+                row["forklift"] = forklift(the_lab, rng, args.fraction, args.pings)
+                row["storm"] = storm(the_lab, rng, args.storm)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    save("forklift", {"fraction": args.fraction, "agent": args.agent, "runs": results})
+
+
+if __name__ == "__main__":
+    main()
