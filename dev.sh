@@ -19,9 +19,10 @@ IMAGE_PACKAGES=(mkosi debootstrap systemd-container squashfs-tools cryptsetup-bi
   dosfstools systemd-boot-efi binutils fdisk cpio zstd qemu-system-x86 ovmf openssh-client
   sbsigntool)
 # Kubernetes from Debian's own source package (image/kubesource.py): Go, the one
-# vendored module it swaps, dpkg-source, rsync (its make), and the images' tools and busybox.
+# vendored module it swaps, dpkg-source, rsync (its make), and the images' tools, busybox
+# and libc6-dev (pause is linked statically).
 KUBERNETES_PACKAGES=(golang-go golang-github-modern-go-reflect2-dev dpkg-dev make rsync umoci skopeo
-  busybox-static)
+  busybox-static libc6-dev)
 VENV=.venv
 
 say() { printf '‣ %s\n' "$*" >&2; }

@@ -314,8 +314,8 @@ def join_then_run(a: argparse.Namespace, paths: NodePaths, ident: HardwareIdenti
     listener = RouterListener(rt.post)
     links = Links(cfg)
     joiner = Join(cfg, links, lambda: rt.stop("joined", handover=True),
-                  lambda: dict(listener.routers),
-                  listener.solicit)
+                  lambda: dict(listener.routers), listener.solicit,
+                  forget=listener.forget)
     st = JoinStatus(cfg, links, joiner, rt.registry.errors)
     rt.add(links, joiner, st)
     rt.stop_on_signals()

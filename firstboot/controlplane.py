@@ -30,6 +30,10 @@ log = logging.getLogger("kubermesh.controlplane")
 
 SETTLE = 10.0  # a fresh node waits this long at most to learn others' claims
 ATTACHED_FOR = 3.0  # or this long after its first route: the LSDB has arrived
+# A fresh node in a mesh that has slot holders waits this long after its first
+# route before taking a slot it never saw held: after a power cut, the holders
+# coming back announce their remembered slots within seconds of their routes.
+FRESH_WAIT = 10.0
 
 
 class Slots(Controller):
@@ -45,11 +49,12 @@ class Slots(Controller):
         self.subnet = controlplane.slot_subnet(self.ula)
         self.me = cfg.node.router_id
         self.allowed = controlplane.eligible(cfg.site)
-        self.slot: int | None = self._remembered()
+        self.slot, self.term = self._remembered()
         self.returning = self.slot is not None  # until its first choice
         self.started = clock()
         self.attached_since: float | None = None
         self.seen_held: dict[int, float] = {}  # slot -> when it was last seen held
+        self.last_term: dict[int, int] = {}  # slot -> the highest term seen
         self.claims: dict[IPv6Address, SlotClaim] = {}  # others' counted claims
         self.forged: dict[IPv6Address, SlotClaim] = {}
         self.addresses_ok = False
@@ -66,23 +71,26 @@ class Slots(Controller):
     def next_run(self) -> float | None:
         return 1.0 if self.slot is None else self.period
 
-    def _remembered(self) -> int | None:
+    def _remembered(self) -> tuple[int | None, int]:
+        """(slot, term) this node held before a restart or reboot, if any."""
         path = self.cfg.paths.control_plane_state
         try:
-            slot = json.loads(path.read_text())["slot"]
+            state = json.loads(path.read_text())
+            slot, term = state["slot"], state.get("term", 0)
         except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            return None, 0
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("ignoring %s: %s", path, e)
-            return None
+            return None, 0
         if slot is None:
-            return None
-        if not isinstance(slot, int) or not 0 <= slot < self.settings.count:
-            log.warning("ignoring %s: slot %r is not one of this site's %d", path, slot,
-                        self.settings.count)
-            return None
-        log.info("remembered control-plane slot %d", slot)
-        return slot
+            return None, 0
+        if not isinstance(slot, int) or not 0 <= slot < self.settings.count or \
+                not isinstance(term, int) or not 0 <= term <= controlplane.MAX_TERM:
+            log.warning("ignoring %s: slot %r (term %r) is not one of this site's %d", path,
+                        slot, term, self.settings.count)
+            return None, 0
+        log.info("remembered control-plane slot %d (term %d)", slot, term)
+        return slot, term
 
     def holders(self) -> dict[int, IPv4Address]:
         """Every slot's holder as this node sees it (itself included)."""
@@ -103,33 +111,47 @@ class Slots(Controller):
                         "but is advertised by %s", addr, forged[addr].slot, forged[addr].owner,
                         ", ".join(sorted(self.ospf.view.advertisers.get(addr, ()))))
         self.claims, self.forged = counted, forged
-        for c in claims.values():
+        for c in counted.values():  # forged claims neither hold a slot nor keep it held
             self.seen_held[c.slot] = now
+            self.last_term[c.slot] = max(c.term, self.last_term.get(c.slot, 0))
         if self.slot is not None:
             self.seen_held[self.slot] = now
+            self.last_term[self.slot] = max(self.term, self.last_term.get(self.slot, 0))
         if self.routes.table and self.attached_since is None:
             self.attached_since = now
-        if (self.slot is None or self.returning) and now - self.started < SETTLE and (
+        if self.returning:
+            # Back with a remembered slot: announce it at once, so that nobody takes
+            # it as free while this node settles; keep it unless a claim with a later
+            # term (an heir, after the grace) or an equal term and a lower router-id
+            # holds it: the normal rule, below.
+            if not self.addresses_ok:
+                self._apply_address()
+        elif self.slot is None and now - self.started < SETTLE and (
                 self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
             return False  # others' claims are not all known yet
-        if self.returning:
-            # Back with a remembered slot: if another node took it over meanwhile
-            # (its grace ran out), that node keeps it (etcd replaced the member).
-            rival = controlplane.holders(claims.values()).get(self.slot or 0)
-            if rival is not None:
-                log.warning("control-plane slot %s was taken over by router-id %s while this "
-                            "node was away: leaving it there", self.slot, rival)
-                self._take(None, yielding=False)
-            self.returning = False
         view = self.ospf.view
         routers = {IPv4Address(r) for r in view.in_db & view.reachable}
         grace = self.settings.grace
+        attached = self.attached_since if self.attached_since is not None else self.started
+        anyone_holds = bool(counted) or self.slot is not None
+
+        def claimable(slot: int) -> bool:
+            last = self.seen_held.get(slot)
+            if last is not None:
+                return now - last >= grace  # vacated: its holder may be rebooting
+            return not anyone_holds or now - attached >= FRESH_WAIT
+
         # Without a slot, avoid every claim seen, checked or not yet; keeping one
         # yields only to a checked one.
         slot = controlplane.choose_slot(
             self.me, self.settings.count,
             (claims if self.slot is None else counted).values(), self.slot, routers,
-            self.allowed, lambda s: now - self.seen_held.get(s, now - grace) >= grace)
+            self.allowed, claimable, self.term)
+        if self.returning and slot != self.slot:
+            rival = controlplane.holders(counted.values()).get(self.slot or 0)
+            log.warning("control-plane slot %s was taken over by router-id %s while this "
+                        "node was away: leaving it there", self.slot, rival)
+        self.returning = False
         if slot != self.slot:
             self._take(slot)
         if not self.addresses_ok:
@@ -137,25 +159,33 @@ class Slots(Controller):
         after = (self.slot, tuple(sorted(self.holders().items())), len(self.forged))
         return after != before
 
-    def _take(self, slot: int | None, yielding: bool = True) -> None:
-        if self.slot is not None and yielding:
-            rival = controlplane.holders(
+    def _take(self, slot: int | None) -> None:
+        if self.slot is not None and slot != self.slot:
+            rival = controlplane.keepers(
                 c for c in self.claims.values() if c.slot == self.slot).get(self.slot)
-            log.warning("yielding control-plane slot %d to router-id %s (lower than ours, %s)",
-                        self.slot, rival, self.me)
+            if rival is not None:
+                log.warning("yielding control-plane slot %d to router-id %s (term %d; ours: "
+                            "%s, term %d)", self.slot, rival.owner, rival.term, self.me,
+                            self.term)
+            else:
+                log.warning("giving up control-plane slot %d: the site does not list this "
+                            "node", self.slot)
         if slot is not None:
-            log.info("taking control-plane slot %d of %d", slot, self.settings.count,
-                     extra={"fields": {"control_plane_slot": str(slot)}})
+            # A slot seen held before is taken over: the term after the last one seen.
+            seen = self.last_term.get(slot)
+            self.term = min(seen + 1, controlplane.MAX_TERM) if seen is not None else 0
+            log.info("taking control-plane slot %d of %d (term %d)", slot, self.settings.count,
+                     self.term, extra={"fields": {"control_plane_slot": str(slot)}})
         self.slot = slot
         self.addresses_ok = False
-        write_atomic(self.cfg.paths.control_plane_state, json.dumps({"slot": slot}) + "\n",
-                     0o644)
+        write_atomic(self.cfg.paths.control_plane_state,
+                     json.dumps({"slot": slot, "term": self.term}) + "\n", 0o644)
 
     def _apply_address(self) -> None:
         lo = self.ipr.link_lookup(ifname="lo")[0]
         have = {ipaddress.IPv6Address(_attr(a, "IFA_ADDRESS"))
                 for a in self.ipr.get_addr(index=lo, family=socket.AF_INET6)}
-        want = ({controlplane.claim_address(self.ula, SlotClaim(self.slot, self.me))}
+        want = ({controlplane.claim_address(self.ula, SlotClaim(self.slot, self.me, self.term))}
                 if self.slot is not None else set())
         for a in sorted(want - have):
             self.ipr.addr("add", index=lo, address=str(a), prefixlen=128)
@@ -174,6 +204,7 @@ class Slots(Controller):
         return {
             "count": self.settings.count,
             "slot": self.slot,
+            "term": self.term,
             "holders": {str(s): str(r) for s, r in sorted(held.items())},
             # Vacated slots whose grace still runs: slot -> seconds left.
             "vacated": {str(s): round(grace - (now - t), 1) for s, t in

@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -38,6 +39,9 @@ log = logging.getLogger("kubermesh.etcd")
 
 UNIT = "kubermesh-etcd.service"
 API_TIMEOUT = 2.0
+# The holders found a new cluster only once they have been the same for this long:
+# all of them must start with one initial cluster.
+FOUND_AFTER = 5.0
 
 
 class Runner(Protocol):
@@ -107,6 +111,12 @@ class ChildRunner:
         self.stop()
 
 
+def _name_of(peer_url: str) -> str:
+    """A member's name from its peer URL: the hostname its loopback gives."""
+    host = peer_url.split("[", 1)[1].split("]", 1)[0]
+    return plan.hostname_of(IPv6Address(host))
+
+
 def api(client_url: str, call: str, body: Mapping[str, Any] | None = None) -> Any:
     """One call of etcd's v3 JSON gateway (POST /v3/cluster/member/list, …)."""
     req = urllib.request.Request(f"{client_url}/v3/{call}",
@@ -123,10 +133,13 @@ class Etcd(Controller):
 
     def __init__(self, cfg: NodeConfig, slots: Slots, ospf: Ospf, runner: Runner) -> None:
         self.cfg, self.slots, self.ospf, self.runner = cfg, slots, ospf, runner
-        self.me = Member(cfg.node.hostname, cfg.node.loopback)
+        # Named as every member is, by the hostname its loopback gives (the node's).
+        self.me = Member(plan.hostname_of(cfg.node.loopback), cfg.node.loopback)
         self.token = etcd.cluster_token(cfg.site.name, cfg.site.mesh.ula)
         self.state = "no slot"
         self.members: tuple[str, ...] = ()  # names in the cluster, as last listed
+        self.seen: tuple[tuple[int, Member], ...] = ()  # the holders, as last seen
+        self.seen_since = 0.0
 
     def next_run(self) -> float | None:
         return 1.0 if self.slots.slot is not None and self.state != "running" else self.period
@@ -169,14 +182,20 @@ class Etcd(Controller):
             except (OSError, ValueError) as e:
                 self.state = f"running, not answering yet ({e})"
             return before != (self.state, self.members)
-        if (data / "member").is_dir():
+        if (data / "member" / "wal").is_dir():  # etcd writes its log once it has joined
             log.info("starting etcd member %s from its data", self.me.name)
             self._start({self.me.name: self.me.peer_url}, "existing")
             return True
+        if data.exists():
+            shutil.rmtree(data)  # a start that failed before joining: begin afresh
         holders = self.holders()
         if holders is None:
             self.state = "waiting for the slot holders' loopbacks"
             return before != (self.state, self.members)
+        now = time.monotonic()
+        seen = tuple(sorted(holders.items(), key=lambda x: x[0]))
+        if seen != self.seen:
+            self.seen, self.seen_since = seen, now
         others = [m for m in holders.values() if m != self.me]
         for m in others:
             try:
@@ -188,6 +207,9 @@ class Etcd(Controller):
         if len(holders) < self.cfg.site.control_plane.count:
             self.state = (f"waiting for every slot to be held ({len(holders)} of "
                           f"{self.cfg.site.control_plane.count})")
+            return before != (self.state, self.members)
+        if now - self.seen_since < FOUND_AFTER:
+            self.state = "waiting for the slot holders to settle"
             return before != (self.state, self.members)
         cluster = {m.name: m.peer_url for m in holders.values()}
         log.info("founding the etcd cluster with %s", ", ".join(sorted(cluster)))
@@ -209,15 +231,22 @@ class Etcd(Controller):
                 log.warning("removing etcd member %s (%s): its node holds no slot any more",
                             x.get("name") or x.get("ID"), ", ".join(sorted(urls)))
                 api(via.client_url, "cluster/member/remove", {"ID": x["ID"]})
-        if not any(self.me.peer_url in x.get("peerURLs", []) for x in members):
+        mine = [x for x in members if self.me.peer_url in x.get("peerURLs", [])]
+        if mine and mine[0].get("name"):
+            # A member of this node's that has run, but this node has no data for it
+            # (a netbooted node keeps /var in RAM): etcd needs it removed and added.
+            log.warning("re-adding etcd member %s: its data is gone", self.me.name)
+            api(via.client_url, "cluster/member/remove", {"ID": mine[0]["ID"]})
+            mine = []
+        if not mine:
             log.info("adding this node to the etcd cluster through %s", via.name)
-            members = api(via.client_url, "cluster/member/add",
-                          {"peerURLs": [self.me.peer_url]}).get("members", [])
-        cluster = {self.me.name: self.me.peer_url}
-        for x in members:
-            urls, name = x.get("peerURLs", []), x.get("name")
-            if urls and urls[0] in wanted and name:  # started members: they have a name
-                cluster[str(name)] = urls[0]
+            api(via.client_url, "cluster/member/add", {"peerURLs": [self.me.peer_url]})
+        members = api(via.client_url, "cluster/member/list").get("members", [])
+        cluster = {}
+        for x in members:  # every member, started or not (those have no name yet)
+            urls = x.get("peerURLs", [])
+            if urls:
+                cluster[_name_of(urls[0])] = urls[0]
         self._start(cluster, "existing")
 
     def _start(self, cluster: Mapping[str, str], state: str) -> None:

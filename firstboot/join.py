@@ -79,6 +79,11 @@ class RouterListener:
         self.thread = threading.Thread(target=self._listen, name="join-ra", daemon=True)
         self.thread.start()
 
+    def forget(self, link: str) -> None:
+        """Drop link's router (it refused, or is gone) until it advertises again."""
+        with self.lock:
+            self.routers.pop(link, None)
+
     def solicit(self, link: str) -> None:
         """A router solicitation on link, so that a serving neighbour answers now."""
         try:
@@ -121,9 +126,9 @@ class Join(Controller):
 
     def __init__(self, cfg: JoinConfig, links: Links, done: Callable[[], None],
                  routers: Callable[[], dict[str, str]], solicit: Callable[[str], None],
-                 port: int = HTTP_PORT) -> None:
+                 port: int = HTTP_PORT, forget: Callable[[str], None] = lambda _: None) -> None:
         self.cfg, self.links, self.done = cfg, links, done
-        self.routers, self.solicit, self.port = routers, solicit, port
+        self.routers, self.solicit, self.port, self.forget = routers, solicit, port, forget
         self.key, public = join.new_key()
         self.request = join.JoinRequest(cfg.node_id, str(cfg.hw), cfg.macs, public)
         self.server = ""  # host%link of the neighbour that holds the request
@@ -175,9 +180,13 @@ class Join(Controller):
                                      port=self.port)
             except OSError as e:
                 refused.append(f"{host}: {e}")
+                self.forget(link)  # asked again when it advertises again
+                self.solicited.discard(link)
                 continue
             if code != 200:
                 refused.append(f"{host}: HTTP {code} {body[:200]!r}")
+                self.forget(link)
+                self.solicited.discard(link)
                 continue
             self.server = host
             self._say(f"asked {self.server} to join as {self.cfg.node_id}: "

@@ -153,7 +153,14 @@ def install_images(log: Log, tree: Path, src: Source, cache: Path = CACHE) -> di
     file → image name."""
     if src.kind == "none":
         return {}
-    built = kubesource.images(log, cache)
+    try:
+        built = kubesource.images(log, cache)
+    except BuildError as e:
+        if src.kind == "debian-source":
+            raise
+        say(f"  !!! WARNING: no pause or busybox image in this image ({e.message}): "
+            f"no pod starts until {kubesource.PAUSE_IMAGE} is imported into containerd !!!")
+        return {}
     target = tree / IMAGES_DIR
     target.mkdir(parents=True, exist_ok=True)
     for name in kubesource.IMAGES:

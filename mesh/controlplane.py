@@ -7,12 +7,15 @@ coordinator: a node takes a slot by announcing a /128 on `lo` inside the site's
 control-plane subnet (`<ula>:0003::/64`, see mesh.plan), as pod blocks are
 claimed (mesh.pods):
 
-    <ula>:0003 : 0000:SSSS : RRRR:RRRR /128
-                 slot        holder's OSPF router-id
+    <ula>:0003 : TTTT:SSSS : RRRR:RRRR /128
+                 term slot   holder's OSPF router-id
 
 Every node thus sees every claim and its holder in its kernel's IPv6 routes. A
 claim counts only when the router it names advertises it (firstboot's
-valid_claims), and of two holders of one slot the lower router-id keeps it.
+valid_claims). Of two holders of one slot, the one with the higher term keeps
+it, and of equal terms the lower router-id. A slot's first holder has term 0;
+a node that takes a vacated slot over takes the term after the last it saw,
+so a former holder that comes back later (its term older) leaves it there.
 
 Who takes a free slot: the nodes that may hold one and hold none, in router-id
 order, take the free slots in slot order; so every node, seeing the same mesh,
@@ -34,10 +37,19 @@ from mesh.site import Site
 
 @dataclass(frozen=True, order=True)
 class SlotClaim:
-    """One node's announcement: `owner` (router-id) holds control-plane `slot`."""
+    """One node's announcement: `owner` (router-id) holds control-plane `slot`, in
+    its `term` (one more for each takeover)."""
 
     slot: int
     owner: IPv4Address
+    term: int = 0
+
+    def beats(self, other: SlotClaim) -> bool:
+        """Whether this claim keeps the slot against `other`'s."""
+        return (self.term, -int(self.owner)) > (other.term, -int(other.owner))
+
+
+MAX_TERM = 0xFFFF
 
 
 def slot_subnet(ula: IPv6Network) -> IPv6Network:
@@ -45,8 +57,8 @@ def slot_subnet(ula: IPv6Network) -> IPv6Network:
 
 
 def claim_address(ula: IPv6Network, claim: SlotClaim) -> IPv6Address:
-    return IPv6Address(int(slot_subnet(ula).network_address) | (claim.slot << 32)
-                       | int(claim.owner))
+    return IPv6Address(int(slot_subnet(ula).network_address) | (claim.term << 48)
+                       | (claim.slot << 32) | int(claim.owner))
 
 
 def parse_claim(ula: IPv6Network, count: int, addr: IPv6Address) -> SlotClaim | None:
@@ -54,19 +66,24 @@ def parse_claim(ula: IPv6Network, count: int, addr: IPv6Address) -> SlotClaim | 
     if addr not in slot_subnet(ula):
         return None
     iid = int(addr) & ((1 << 64) - 1)
-    slot, owner = iid >> 32, IPv4Address(iid & 0xFFFFFFFF)
+    term, slot, owner = iid >> 48, (iid >> 32) & 0xFFFF, IPv4Address(iid & 0xFFFFFFFF)
     if slot >= count or int(owner) in (0, 0xFFFFFFFF):
         return None
-    return SlotClaim(slot, owner)
+    return SlotClaim(slot, owner, term)
+
+
+def keepers(claims: Iterable[SlotClaim]) -> dict[int, SlotClaim]:
+    """The claim that keeps each slot: the highest term, then the lowest router-id."""
+    result: dict[int, SlotClaim] = {}
+    for c in claims:
+        if c.slot not in result or c.beats(result[c.slot]):
+            result[c.slot] = c
+    return result
 
 
 def holders(claims: Iterable[SlotClaim]) -> dict[int, IPv4Address]:
-    """Who keeps each slot: of several claimants, the lowest router-id."""
-    result: dict[int, IPv4Address] = {}
-    for c in claims:
-        if c.slot not in result or c.owner < result[c.slot]:
-            result[c.slot] = c.owner
-    return result
+    """Who keeps each slot."""
+    return {s: c.owner for s, c in keepers(claims).items()}
 
 
 def eligible(site: Site) -> frozenset[IPv4Address] | None:
@@ -80,21 +97,22 @@ def eligible(site: Site) -> frozenset[IPv4Address] | None:
 def choose_slot(me: IPv4Address, count: int, others: Iterable[SlotClaim],
                 current: int | None, routers: Iterable[IPv4Address],
                 allowed: frozenset[IPv4Address] | None,
-                claimable: Callable[[int], bool] = lambda slot: True) -> int | None:
+                claimable: Callable[[int], bool] = lambda slot: True,
+                term: int = 0) -> int | None:
     """The slot this node should hold, or None.
 
-    `others`: the other nodes' counted claims; `current`: this node's slot (also
-    one remembered across a reboot); `routers`: the router-ids this node reaches;
-    `allowed`: who may hold a slot (None: anyone); `claimable(slot)`: whether a free
-    slot may be taken now (False while a vacated slot's grace runs).
+    `others`: the other nodes' claims; `current`: this node's slot (also one
+    remembered across a reboot) in `term`; `routers`: the router-ids this node
+    reaches; `allowed`: who may hold a slot (None: anyone); `claimable(slot)`:
+    whether a free slot may be taken now (False while a vacated slot's grace runs).
     """
+    if allowed is not None and me not in allowed:
+        return None  # also when it held one: the site no longer lists this PC
     held = holders(c for c in others if c.owner != me)
     if current is not None and current < count:
-        rival = held.get(current)
-        if rival is None or rival > me:
+        rival = keepers(c for c in others if c.owner != me and c.slot == current).get(current)
+        if rival is None or SlotClaim(current, me, term).beats(rival):
             return current
-    if allowed is not None and me not in allowed:
-        return None
     free = [s for s in range(count) if s not in held and claimable(s)]
     taken_by = set(held.values())
     waiting = sorted({r for r in routers if allowed is None or r in allowed} - taken_by | {me})

@@ -87,6 +87,8 @@ def parse(spec: str) -> Topology:
             n = rows * cols
             if n < 2:
                 raise ValueError("a floor needs at least 2 PCs")
+            if n > MAX_NODES:  # before laying it out (all pairs: quadratic)
+                raise ValueError(f"{n} nodes is more than the lab's {MAX_NODES}")
             k = _count(args[1], 3) if len(args) > 1 else 4  # 2 ports: a line, not a floor
             seed = int(args[2]) if len(args) == 3 else 1
             edges = _floor(rows, cols, k, seed)

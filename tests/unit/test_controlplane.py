@@ -44,6 +44,23 @@ def test_a_holder_keeps_its_slot_unless_a_lower_router_id_holds_it_too() -> None
                        None) == 2
 
 
+def test_an_heirs_later_term_keeps_the_slot_against_its_former_holder() -> None:
+    heir = SlotClaim(1, R[5], term=3)
+    addr = controlplane.claim_address(ULA, heir)
+    assert controlplane.parse_claim(ULA, 3, addr) == heir
+    # R[1] held slot 1 in term 2, died, and comes back: the heir keeps it although
+    # R[1]'s router-id is lower; of equal terms, the lower router-id keeps it.
+    full = [heir, SlotClaim(0, R[0]), SlotClaim(2, R[2])]
+    assert choose_slot(R[1], 3, full, 1, set(R), None, term=2) is None
+    assert choose_slot(R[5], 3, [SlotClaim(1, R[1], 2)], 1, set(R), None, term=3) == 1
+    assert choose_slot(R[5], 3, [SlotClaim(1, R[1], 3)], 1, set(R), None, term=3) is None
+    assert controlplane.holders([heir, SlotClaim(1, R[1], 2)]) == {1: R[5]}
+
+
+def test_a_pc_the_site_no_longer_lists_gives_its_slot_up() -> None:
+    assert choose_slot(R[0], 3, [], 0, set(R), frozenset({R[1], R[2], R[3]})) is None
+
+
 def test_a_vacated_slot_goes_to_the_first_in_line_after_its_grace() -> None:
     others = [SlotClaim(0, R[0]), SlotClaim(2, R[2])]  # R[1], holder of 1, is gone
     alive = {R[0], R[2], R[3], R[4]}

@@ -85,6 +85,7 @@ def test_holders_found_the_cluster_together_once_every_slot_is_held(
         node: tuple[Etcd, Slots, FakeRunner], monkeypatch: pytest.MonkeyPatch) -> None:
     e, slots, runner = node
     monkeypatch.setattr(etcd_mod, "api", lambda *a, **k: (_ for _ in ()).throw(OSError("no")))
+    monkeypatch.setattr(etcd_mod, "FOUND_AFTER", 0.0)  # the holders have settled
     e.reconcile()
     assert e.state == "no slot" and runner.env is None
     slots.slot = 0
@@ -129,10 +130,41 @@ def test_an_heir_replaces_the_gone_holders_member(
     monkeypatch.setattr(etcd_mod, "api", api)
     e.reconcile()
     assert [c[1] for c in calls] == ["cluster/member/list", "cluster/member/remove",
-                                     "cluster/member/add"]
+                                     "cluster/member/add", "cluster/member/list"]
     assert calls[1][2] == {"ID": "12"} and calls[2][2] == {"peerURLs": [e.me.peer_url]}
     assert runner.env is not None and runner.env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
     cluster = dict(x.split("=", 1) for x in runner.env["ETCD_INITIAL_CLUSTER"].split(","))
-    assert cluster == {"km-b": peer(lo["10.0.0.2"]), "km-c": peer(lo["10.0.0.3"]),
-                       e.me.name: e.me.peer_url}
+    # Every member by the hostname its loopback gives, the new one (no name yet) too.
+    assert cluster == {plan.hostname_of(a): peer(a) for a in lo.values()} | {
+        e.me.name: e.me.peer_url}
+    assert e.me.name == plan.hostname_of(e.cfg.node.loopback)
     assert dead not in runner.env["ETCD_INITIAL_CLUSTER"]
+
+
+def test_a_holder_whose_data_is_gone_is_removed_and_added_again(
+        node: tuple[Etcd, Slots, FakeRunner], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A netbooted holder reboots within the grace with /var (its member data) gone:
+    etcd refuses an empty log under an old member id, so it is re-added."""
+    e, slots, runner = node
+    slots.slot = 0
+    lo = others(e, slots, {"10.0.0.2": 1, "10.0.0.3": 2})
+    listed = [{"ID": "21", "name": e.me.name, "peerURLs": [e.me.peer_url]},
+              {"ID": "22", "name": "x", "peerURLs": [peer(lo["10.0.0.2"])]},
+              {"ID": "23", "name": "y", "peerURLs": [peer(lo["10.0.0.3"])]}]
+    calls: list[tuple[str, Any]] = []
+
+    def api(url: str, call: str, body: Any = None) -> Any:
+        calls.append((call, body))
+        if call == "cluster/member/remove":
+            listed[:] = [x for x in listed if x["ID"] != body["ID"]]
+        elif call == "cluster/member/add":
+            listed.append({"ID": "24", "peerURLs": body["peerURLs"]})
+        return {"members": listed}
+
+    monkeypatch.setattr(etcd_mod, "api", api)
+    (e.cfg.paths.etcd_data / "member" / "snap").mkdir(parents=True)  # a failed start's
+    e.reconcile()
+    assert ("cluster/member/remove", {"ID": "21"}) in calls
+    assert ("cluster/member/add", {"peerURLs": [e.me.peer_url]}) in calls
+    assert runner.env is not None and runner.env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
+    assert not (e.cfg.paths.etcd_data / "member" / "snap").exists()  # begun afresh
