@@ -134,11 +134,15 @@ class Slots(Controller):
         grace = self.settings.grace
         attached = self.attached_since if self.attached_since is not None else self.started
         anyone_holds = bool(counted) or self.slot is not None
+        # A vacated slot is taken over only on the side of a split that holds most
+        # slots (etcd's quorum): a cut-off minority replaces nobody, and its terms
+        # do not grow past those of the side that kept the cluster.
+        majority = len(self.holders()) > self.settings.count // 2
 
         def claimable(slot: int) -> bool:
             last = self.seen_held.get(slot)
-            if last is not None:
-                return now - last >= grace  # vacated: its holder may be rebooting
+            if last is not None:  # vacated: its holder may be rebooting
+                return majority and now - last >= grace
             return not anyone_holds or now - attached >= FRESH_WAIT
 
         # Without a slot, avoid every claim seen, checked or not yet; keeping one

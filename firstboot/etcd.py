@@ -117,6 +117,15 @@ def _name_of(peer_url: str) -> str:
     return plan.hostname_of(IPv6Address(host))
 
 
+def _answers(client_url: str) -> bool:
+    """Whether an etcd process answers at all (GET /version needs no quorum)."""
+    try:
+        with urllib.request.urlopen(f"{client_url}/version", timeout=API_TIMEOUT) as r:
+            return bool(r.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
 def api(client_url: str, call: str, body: Mapping[str, Any] | None = None) -> Any:
     """One call of etcd's v3 JSON gateway (POST /v3/cluster/member/list, …)."""
     req = urllib.request.Request(f"{client_url}/v3/{call}",
@@ -197,13 +206,21 @@ class Etcd(Controller):
         if seen != self.seen:
             self.seen, self.seen_since = seen, now
         others = [m for m in holders.values() if m != self.me]
+        running = []
         for m in others:
             try:
                 members = self._list(m.client_url)
             except (OSError, ValueError):
+                if _answers(m.client_url):
+                    running.append(m.name)
                 continue
             self._join(m, members, holders)
             return True
+        if running:
+            # Members run but cannot say who is in the cluster: it has no quorum. Never
+            # found another cluster beside it (that would be a second, empty one).
+            self.state = f"waiting: the cluster of {', '.join(running)} has no quorum"
+            return before != (self.state, self.members)
         if len(holders) < self.cfg.site.control_plane.count:
             self.state = (f"waiting for every slot to be held ({len(holders)} of "
                           f"{self.cfg.site.control_plane.count})")

@@ -159,7 +159,8 @@ def install_images(log: Log, tree: Path, src: Source, cache: Path = CACHE) -> di
         if src.kind == "debian-source":
             raise
         say(f"  !!! WARNING: no pause or busybox image in this image ({e.message}): "
-            f"no pod starts until {kubesource.PAUSE_IMAGE} is imported into containerd !!!")
+            f"no pod starts until {kubesource.IMAGES['pause.tar']} is imported into "
+            "containerd !!!")
         return {}
     target = tree / IMAGES_DIR
     target.mkdir(parents=True, exist_ok=True)
