@@ -19,6 +19,8 @@ from typing import Any
 
 import networkx as nx
 
+from mesh.topology import pieces
+
 FRACTIONS = (0.10, 0.20, 1 / 3)
 TARGET = 1 / 3  # the loss the suggested cables are chosen for
 CANDIDATE_NODES = 60  # the weakest nodes whose pairs are tried as new cables
@@ -41,21 +43,8 @@ def mesh_of(me: str, reachable: Iterable[str], links: Iterable[tuple[str, str]],
 
 def _pieces(nodes: list[str], cables: Iterable[tuple[str, str]], gone: frozenset[str]
             ) -> dict[str, str]:
-    """Each survivor -> its piece's root (union-find)."""
-    parent = {n: n for n in nodes if n not in gone}
-
-    def root(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in cables:
-        if a in parent and b in parent:
-            ra, rb = root(a), root(b)
-            if ra != rb:
-                parent[ra] = rb
-    return {n: root(n) for n in parent}
+    """Each survivor -> its piece's root."""
+    return pieces((n for n in nodes if n not in gone), cables)
 
 
 @dataclass

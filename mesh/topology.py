@@ -7,8 +7,10 @@ import random
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 Edge = tuple[int, int]
+T = TypeVar("T")
 MAX_NODES = 1000
 
 
@@ -191,16 +193,24 @@ def _floor(rows: int, cols: int, k: int, seed: int) -> list[Edge]:
     return list(edges)
 
 
-def _components(n: int, edges: set[Edge]) -> dict[int, int]:
-    """Node -> the lowest node of its connected piece."""
-    parent = list(range(n + 1))
+def pieces(nodes: Iterable[T], edges: Iterable[tuple[T, T]]) -> dict[T, T]:
+    """Each node -> one root per connected piece (union-find); edges touching a
+    node not in `nodes` are left out."""
+    parent = {x: x for x in nodes}
 
-    def root(x: int) -> int:
+    def root(x: T) -> T:
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
     for a, b in edges:
-        parent[root(a)] = root(b)
-    return {x: root(x) for x in range(1, n + 1)}
+        if a in parent and b in parent:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[ra] = rb
+    return {x: root(x) for x in parent}
+
+
+def _components(n: int, edges: set[Edge]) -> dict[int, int]:
+    return pieces(range(1, n + 1), edges)
