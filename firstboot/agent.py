@@ -173,7 +173,7 @@ class Status(Controller):
             f"; {len(st.errors)} errors" if st.errors else "")
 
 
-def build(cfg: NodeConfig, services: list[Service], etcd_children: bool = False
+def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit"
           ) -> tuple[Runtime, Status]:
     """The runtime with every controller, in the order they run."""
     from pyroute2 import IPRoute
@@ -198,7 +198,8 @@ def build(cfg: NodeConfig, services: list[Service], etcd_children: bool = False
     frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
     provision = Provision(cfg, links, ospf, ipr)
     slots = Slots(cfg, ipr, routes, ospf)
-    members = Etcd(cfg, slots, ospf, ChildRunner(cfg) if etcd_children else UnitRunner(cfg))
+    members = Etcd(cfg, slots, ospf, ChildRunner(cfg) if etcd == "children" else
+                   UnitRunner(cfg) if etcd == "unit" else None)
     rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,
            Filter(links, ospf, provision), routes, overlay, slots, members, anycast, kubelet)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
@@ -238,9 +239,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anycast", action="append", default=[], metavar="NAME=PROBE-URL",
                    help="a service this node runs behind its anycast address, e.g. "
                         "etcd=http://[::1]:2379/health (also the credential kubermesh.anycast)")
-    p.add_argument("--etcd", choices=("unit", "children"), default="unit",
+    p.add_argument("--etcd", choices=("unit", "children", "off"), default="unit",
                    help="how a control-plane slot holder runs its etcd member: "
-                        "kubermesh-etcd.service (a node), or a child process (lab)")
+                        "kubermesh-etcd.service (a node), a child process (lab), or "
+                        "not at all (a lab that runs its own etcd)")
     p.add_argument("--join", action="store_true",
                    help="without a site, ask a serving neighbour to join (what a netbooted "
                         "node does on its own)")
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     node = cfg.node
     log.info("kubermesh agent: %s %s router-id %s (from %s)", node.hostname, node.loopback,
              node.router_id, cfg.hw, extra={"fields": {"node_id": node.node_id}})
-    rt, st = build(cfg, services, etcd_children=a.etcd == "children")
+    rt, st = build(cfg, services, etcd=a.etcd)
     st.resume()
     if a.once:
         rt.run_pass()

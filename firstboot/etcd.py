@@ -140,7 +140,9 @@ class Etcd(Controller):
     after = ("control-plane", "ospf")
     period = 5.0
 
-    def __init__(self, cfg: NodeConfig, slots: Slots, ospf: Ospf, runner: Runner) -> None:
+    def __init__(self, cfg: NodeConfig, slots: Slots, ospf: Ospf,
+                 runner: Runner | None) -> None:
+        """runner None: this node runs no member (a lab with an etcd of its own)."""
         self.cfg, self.slots, self.ospf, self.runner = cfg, slots, ospf, runner
         # Named as every member is, by the hostname its loopback gives (the node's).
         self.me = Member(plan.hostname_of(cfg.node.loopback), cfg.node.loopback)
@@ -173,6 +175,9 @@ class Etcd(Controller):
     def reconcile(self) -> bool:
         before = (self.state, self.members)
         data = self.cfg.paths.etcd_data
+        if self.runner is None:
+            self.state = "off"
+            return before != (self.state, self.members)
         if self.slots.slot is None:
             if self.runner.running():
                 log.info("stopping etcd: this node holds no control-plane slot")
@@ -269,11 +274,12 @@ class Etcd(Controller):
     def _start(self, cluster: Mapping[str, str], state: str) -> None:
         data = self.cfg.paths.etcd_data
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        assert self.runner is not None  # reconcile returns before, without one
         self.runner.start(etcd.environment(self.me, cluster, state, data, self.token))
         self.state = "starting"
 
     def close(self) -> None:
-        close = getattr(self.runner, "close", None)
+        close = getattr(self.runner, "close", None) if self.runner is not None else None
         if close is not None:
             close()
 

@@ -369,7 +369,10 @@ class Lab:
         argv = [sys.executable, "-m", "firstboot.agent", "--site", str(self.dir / "site.toml"),
                 "--state-dir", str(d), "--frr-run-dir", str(d / "run"),
                 "--identity", n.hardware, "--virtual-links", "--no-hostname",
-                "--frr-log", f"file {d}/frr.log informational", "--etcd", "children"]
+                "--frr-log", f"file {d}/frr.log informational"]
+        # The slot holders' etcd, as children, unless the lab runs its own etcd
+        # (`services`): both would listen on the same loopback port.
+        argv += ["--etcd", "off" if self.state.services.get("etcd") else "children"]
         for name, members in self.state.services.items():
             if n.index in members:
                 argv += ["--anycast", f"{name}=http://[{n.loopback}]:2379/health"]
