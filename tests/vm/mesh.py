@@ -119,7 +119,13 @@ class Mesh:
 
     def close(self, keep_logs: bool = False) -> Path | None:
         """Stop every VM and remove the work directory. `keep_logs` (a test failed):
-        first copy the consoles and QEMU's logs under KEPT_LOGS; returns where."""
+        first ask every guest that still answers what it sees (DIAGNOSE, into
+        NAME.diag.log), then copy the consoles and QEMU's logs under KEPT_LOGS;
+        returns where."""
+        if keep_logs:
+            for v in self.vms.values():
+                if v.alive():
+                    (self.work / f"{v.name}.diag.log").write_text(diagnose(v))
         for v in self.vms.values():
             v.stop()
         kept = None
@@ -133,6 +139,22 @@ class Mesh:
         else:
             shutil.rmtree(self.work, ignore_errors=True)
         return kept
+
+
+# What a failed test keeps from each guest that still answers over SSH: the node's
+# own view, FRR's, the kernel's routes and the runtime's journal.
+DIAGNOSE = ("kubermesh status; vtysh -c 'show ipv6 ospf6 neighbor' -c 'show bfd peers brief'; "
+            "ip -6 route; ip -br addr; nft list ruleset | head -80; "
+            "systemctl --failed --no-pager; "
+            "journalctl -b --no-pager -o short-monotonic -u kubermesh-agent -u frr | tail -300")
+
+
+def diagnose(vm: VM) -> str:
+    try:
+        r = vm.ssh(DIAGNOSE, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        return "no answer over SSH within 60 s\n"
+    return f"$ {DIAGNOSE}\n{r.stdout}{r.stderr}"
 
 
 def nic_with_mac(vm: VM, mac: str) -> str:
