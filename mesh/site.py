@@ -2,7 +2,9 @@
 
 `load_site` turns the file into a frozen `Site` or raises `SiteError` listing
 every problem, each naming its field. `new_site_toml` writes a fresh site with
-random secrets and sensible defaults.
+random secrets and sensible defaults: among them the keys and self-signed
+certificates of the boot-signing key and of the cluster CA (`sign_certificate`
+makes every certificate, mesh.pki's too).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import secrets
 import string
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -21,7 +23,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 
 from mesh import plan
@@ -38,6 +45,9 @@ OSPF_KEY_ALPHABET = string.ascii_letters + string.digits
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 BOOTSTRAP_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+SELF_SIGNED_DAYS = 3650  # the boot key's and the cluster CA's certificates
+# What the cluster CA's and the service-account key may be (Kubernetes 1.20 takes both).
+KUBERNETES_KEY = "an ECDSA P-256 or P-384 key or an RSA key of 2048 bits or more"
 
 
 class SiteError(Exception):
@@ -83,6 +93,7 @@ class JoinSettings:
 
 @dataclass(frozen=True)
 class ControlPlaneSettings:
+    ca_certificate: str  # PEM: the cluster CA, whose key is secrets.cluster_ca_key
     count: int = 3  # control-plane slots: etcd members and apiservers
     nodes: tuple[plan.HardwareIdentity, ...] = ()  # only these may hold one (empty: any)
     grace: int = 60  # seconds a vacated slot waits for its holder before another takes it
@@ -99,6 +110,8 @@ class Secrets:
     ospf_key: str
     bootstrap_token: str
     boot_key: str  # PEM: the private key that signs every UKI of the site's images
+    cluster_ca_key: str  # PEM: the cluster CA's key (control_plane.ca_certificate)
+    service_account_key: str  # PEM: signs the cluster's service-account tokens
 
     def __repr__(self) -> str:  # never print secrets by accident
         return "Secrets(<redacted>)"
@@ -114,7 +127,7 @@ class Site:
     boot: BootSettings
     join: JoinSettings
     secrets: Secrets = field(repr=False)
-    control_plane: ControlPlaneSettings = ControlPlaneSettings()
+    control_plane: ControlPlaneSettings
 
 
 # --- field parsers: each returns the value or raises ValueError(what is wrong)
@@ -163,16 +176,41 @@ def _certificate(v: Any) -> str:
     return v
 
 
-def _private_key(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"expected a PEM private key, got {_kind(v)}")
+def _ca_certificate(v: Any) -> str:
+    pem = _certificate(v)
+    cert = x509.load_pem_x509_certificate(pem.encode())
     try:
-        key = serialization.load_pem_private_key(v.encode(), password=None)
-    except (ValueError, TypeError):
-        raise ValueError("not an unencrypted PEM private key") from None  # never echo it
-    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-        raise ValueError("not an RSA key of 2048 bits or more (what UEFI firmware checks)")
-    return v
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ValueError("not a CA certificate (basicConstraints CA:TRUE)")
+    return pem
+
+
+def _private_key(fits: Callable[[PrivateKeyTypes], bool], hint: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"expected a PEM private key, got {_kind(v)}")
+        try:
+            key = serialization.load_pem_private_key(v.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ValueError("not an unencrypted PEM private key") from None  # never echo it
+        if not fits(key):
+            raise ValueError(f"not {hint}")
+        return v
+
+    return parse
+
+
+def _rsa_2048(key: PrivateKeyTypes) -> bool:
+    return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048
+
+
+def _kubernetes_key(key: PrivateKeyTypes) -> bool:
+    """What Kubernetes 1.20 signs certificates and service-account tokens with."""
+    return _rsa_2048(key) or (isinstance(key, ec.EllipticCurvePrivateKey)
+                              and isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1))
 
 
 def _policy(v: Any) -> str:
@@ -297,12 +335,19 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
             _secret(BOOTSTRAP_TOKEN, "a Kubernetes bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})"),
             _REQUIRED,
         ),
-        "boot_key": (_private_key, _REQUIRED),
+        "boot_key": (
+            _private_key(_rsa_2048,
+                         "an RSA key of 2048 bits or more (what UEFI firmware checks)"),
+            _REQUIRED,
+        ),
+        "cluster_ca_key": (_private_key(_kubernetes_key, KUBERNETES_KEY), _REQUIRED),
+        "service_account_key": (_private_key(_kubernetes_key, KUBERNETES_KEY), _REQUIRED),
     },
     "boot": {
         "certificate": (_certificate, _REQUIRED),
     },
     "control_plane": {
+        "ca_certificate": (_ca_certificate, _REQUIRED),
         "count": (_int(1, 7), ControlPlaneSettings.count),
         "nodes": (_identities, []),
         "grace": (_int(5, 3600), ControlPlaneSettings.grace),
@@ -417,11 +462,12 @@ def _cross_checks(site: Site) -> list[str]:
         )
     if pods.range.overlaps(svc.range):
         problems.append(f"services.range: {svc.range} overlaps pods.range {pods.range}")
-    cert = x509.load_pem_x509_certificate(site.boot.certificate.encode())
-    key = serialization.load_pem_private_key(site.secrets.boot_key.encode(), password=None)
-    if cert.public_key() != key.public_key():
-        problems.append("boot.certificate: not the certificate of secrets.boot_key")
     cp = site.control_plane
+    if not _certifies(site.boot.certificate, site.secrets.boot_key):
+        problems.append("boot.certificate: not the certificate of secrets.boot_key")
+    if not _certifies(cp.ca_certificate, site.secrets.cluster_ca_key):
+        problems.append("control_plane.ca_certificate: not the certificate of "
+                        "secrets.cluster_ca_key")
     if cp.nodes and len(cp.nodes) < cp.count:
         problems.append(f"control_plane.nodes: {len(cp.nodes)} listed, fewer than "
                         f"control_plane.count ({cp.count}) slots")
@@ -438,6 +484,12 @@ def _cross_checks(site: Site) -> list[str]:
             problems.append(f"anycast.{name}: {addr} is also anycast.{seen[addr]}")
         seen[addr] = name
     return problems
+
+
+def _certifies(cert: str, key: str) -> bool:
+    """Whether the PEM certificate is that of the PEM private key."""
+    public = x509.load_pem_x509_certificate(cert.encode()).public_key()
+    return public == serialization.load_pem_private_key(key.encode(), None).public_key()
 
 
 def load_site(path: Path) -> Site:
@@ -467,23 +519,65 @@ def _random_string(length: int, alphabet: str) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
+def sign_certificate(subject: x509.Name, key: CertificatePublicKeyTypes, issuer: x509.Name,
+                     signer: CertificateIssuerPrivateKeyTypes, days: int,
+                     extensions: Sequence[tuple[x509.ExtensionType, bool]],
+                     now: datetime.datetime | None = None) -> str:
+    """A certificate (PEM) of `key` for `subject`, signed with SHA-256 by `signer`,
+    the key of `issuer`; valid `days` from `now`, and from a day before it for
+    clocks that are behind. `extensions` are (extension, critical)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+               .public_key(key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=days)))
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def private_pem(key: PrivateKeyTypes) -> str:
+    """An unencrypted PKCS #8 PEM: what UEFI signing tools and Kubernetes both read."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, common_name: str,
+                 extensions: Sequence[tuple[x509.ExtensionType, bool]]) -> tuple[str, str]:
+    """The key and its self-signed certificate (PEM), for SELF_SIGNED_DAYS."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = sign_certificate(name, key.public_key(), name, key, SELF_SIGNED_DAYS, extensions)
+    return private_pem(key), cert
+
+
 def new_boot_key(name: str) -> tuple[str, str]:
     """A fresh boot-signing key and its self-signed certificate (PEM), for 10 years.
     RSA 2048 with SHA-256: what every UEFI firmware's db verifies."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Kubermesh boot key: {name}")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CODE_SIGNING]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
+    return _self_signed(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        f"Kubermesh boot key: {name}",
+        [(x509.BasicConstraints(ca=False, path_length=None), True),
+         (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CODE_SIGNING]), False)])
+
+
+def new_cluster_ca(name: str) -> tuple[str, str]:
+    """A fresh Kubernetes cluster CA: its key and self-signed certificate (PEM), for
+    10 years, with the key usages kubeadm gives its CA. ECDSA P-256: fast to make
+    and to verify, and what Kubernetes 1.20 accepts for every certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _self_signed(
+        key, f"{name} cluster CA",
+        [(x509.BasicConstraints(ca=True, path_length=None), True),
+         (x509.KeyUsage(digital_signature=True, content_commitment=False,
+                        key_encipherment=True, data_encipherment=False, key_agreement=False,
+                        key_cert_sign=True, crl_sign=False, encipher_only=False,
+                        decipher_only=False), True),
+         (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)])
+
+
+def new_service_account_key() -> str:
+    """A fresh key (PEM) for service-account tokens: ECDSA P-256, tokens are ES256."""
+    return private_pem(ec.generate_private_key(ec.SECP256R1()))
 
 
 def certificate_der(pem: str) -> bytes:
@@ -498,6 +592,7 @@ def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE
     anycast = plan.anycast_subnet(ula)
     key = _random_string(32, OSPF_KEY_ALPHABET)
     boot_key, boot_cert = new_boot_key(name)
+    ca_key, ca_cert = new_cluster_ca(name)
     d = {k: v for k, (_, v) in SCHEMA["mesh"].items()}
     return f"""\
 # Kubermesh site: one warehouse, one cluster. Created by `kubermesh site init`.
@@ -541,6 +636,10 @@ grace = 60
 # Only these PCs may hold a slot (hardware identities as `kubermesh status`
 # shows them, e.g. "dmi:4c4c4544-…"); empty: any node.
 nodes = []
+# The cluster CA: slot holders issue the control plane's certificates with its
+# key (secrets.cluster_ca_key); kubectl and kubelets verify the apiserver with it.
+ca_certificate = '''
+{ca_cert}'''
 
 [join]
 # Who gets this file's secrets when a netbooted PC asks to join:
@@ -566,4 +665,10 @@ bootstrap_token = "{random_bootstrap_token()}"
 # Signs the site's UKIs (kubermesh build); its certificate is boot.certificate.
 boot_key = '''
 {boot_key}'''
+# The cluster CA's key: whoever holds it can act as anyone in the cluster.
+cluster_ca_key = '''
+{ca_key}'''
+# Signs the cluster's service-account tokens (ES256).
+service_account_key = '''
+{new_service_account_key()}'''
 """

@@ -13,9 +13,19 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from mesh import plan
-from mesh.site import SiteError, load_site, new_boot_key, new_site_toml, parse_site, random_ula
+from mesh.site import (
+    SiteError,
+    load_site,
+    new_boot_key,
+    new_cluster_ca,
+    new_site_toml,
+    parse_site,
+    private_pem,
+    random_ula,
+)
 
 
 def fresh() -> dict[str, Any]:
@@ -33,6 +43,8 @@ def test_fresh_site_is_valid_and_has_fresh_values() -> None:
     assert a.mesh.ula != b.mesh.ula
     assert a.secrets.ospf_key != b.secrets.ospf_key
     assert a.secrets.bootstrap_token != b.secrets.bootstrap_token
+    assert a.secrets.cluster_ca_key != b.secrets.cluster_ca_key
+    assert a.secrets.service_account_key != b.secrets.service_account_key
     assert a.pods.blocks >= 400  # a warehouse of ~400 nodes
     for addr in a.anycast.values():
         assert addr in plan.anycast_subnet(a.mesh.ula)
@@ -47,8 +59,24 @@ def test_random_ula_is_rfc4193() -> None:
 
 def test_secrets_never_in_repr() -> None:
     s = parse_site(fresh())
-    assert s.secrets.ospf_key not in repr(s)
-    assert s.secrets.ospf_key not in repr(s.secrets)
+    for secret in (s.secrets.ospf_key, s.secrets.bootstrap_token, s.secrets.boot_key,
+                   s.secrets.cluster_ca_key, s.secrets.service_account_key):
+        assert secret not in repr(s)
+        assert secret not in repr(s.secrets)
+    assert "PRIVATE" not in repr(s)
+
+
+def test_fresh_cluster_ca() -> None:
+    s = parse_site(fresh())
+    ca = x509.load_pem_x509_certificate(s.control_plane.ca_certificate.encode())
+    assert ca.subject.rfc4514_string() == "CN=test cluster CA" and ca.issuer == ca.subject
+    ca.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    assert (ca.not_valid_after_utc - ca.not_valid_before_utc).days == 3651
+    for pem in (s.secrets.cluster_ca_key, s.secrets.service_account_key):
+        key = serialization.load_pem_private_key(pem.encode(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
 
 
 @pytest.mark.parametrize(
@@ -83,6 +111,24 @@ def test_secrets_never_in_repr() -> None:
         (lambda d: d["boot"].update(certificate=new_boot_key("another")[1]), "boot.certificate",
          "not the certificate of secrets.boot_key"),
         (lambda d: d["pods"].update(block_prefix=14), "pods.block_prefix", "out of range"),
+        (lambda d: d["control_plane"].pop("ca_certificate"), "control_plane.ca_certificate",
+         "missing"),
+        (lambda d: d["control_plane"].update(ca_certificate=new_cluster_ca("another")[1]),
+         "control_plane.ca_certificate", "not the certificate of secrets.cluster_ca_key"),
+        (lambda d: d["control_plane"].update(ca_certificate=d["boot"]["certificate"]),
+         "control_plane.ca_certificate", "not a CA certificate"),
+        (lambda d: d["control_plane"].update(ca_certificate="x"), "control_plane.ca_certificate",
+         "PEM X.509"),
+        (lambda d: d["secrets"].pop("cluster_ca_key"), "secrets.cluster_ca_key", "missing"),
+        (lambda d: d["secrets"].update(cluster_ca_key="x"), "secrets.cluster_ca_key",
+         "PEM private key"),
+        (lambda d: d["secrets"].pop("service_account_key"), "secrets.service_account_key",
+         "missing"),
+        (lambda d: d["secrets"].update(
+            service_account_key=private_pem(ed25519.Ed25519PrivateKey.generate())),
+         "secrets.service_account_key", "not an ECDSA P-256 or P-384 key"),
+        (lambda d: d["secrets"].update(boot_key=d["secrets"]["service_account_key"]),
+         "secrets.boot_key", "not an RSA key"),
     ],
 )
 def test_bad_field_is_named(mutate: Any, field: str, words: str) -> None:
@@ -113,9 +159,16 @@ def test_wrong_secret_is_not_echoed() -> None:
     data = fresh()
     data["secrets"]["ospf_key"] = "bad key with spaces!"
     assert not any("bad key" in p for p in problems(data))
+    for key in ("boot_key", "cluster_ca_key", "service_account_key"):
+        data = fresh()
+        data["secrets"][key] = data["secrets"][key].replace("M", "x", 3)
+        found = problems(data)
+        assert any(p.startswith(f"secrets.{key}:") for p in found)
+        assert not any("BEGIN" in p or "xx" in p for p in found)
     data = fresh()
-    data["secrets"]["boot_key"] = data["secrets"]["boot_key"].replace("M", "x", 3)
-    assert not any("BEGIN" in p or "xx" in p for p in problems(data))
+    data["control_plane"]["ca_certificate"] = new_cluster_ca("another")[1]
+    assert problems(data) == [
+        "control_plane.ca_certificate: not the certificate of secrets.cluster_ca_key"]
 
 
 def test_load_site_reports_toml_errors(tmp_path: Path) -> None:
