@@ -18,6 +18,7 @@ status 78, which the unit does not restart.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -25,11 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firstboot import hardware, status
+from firstboot import etcd as etcd_member
+from firstboot import hardware, kubecontrol, status
 from firstboot.anycast import Anycast, Service, parse_services
 from firstboot.controlplane import Slots
-from firstboot.etcd import ChildRunner, Etcd, UnitRunner
+from firstboot.etcd import Etcd
 from firstboot.filter import Filter
+from firstboot.kubecontrol import KubeControlPlane
 from firstboot.kubelet import Kubelet
 from firstboot.node import ConfigError, Frr, Identity, Links, NodeConfig, credential
 from firstboot.ospf import Conflicts, Ospf
@@ -40,6 +43,7 @@ from firstboot.runtime import Controller, Runtime
 from firstboot.status import AnycastStatus, LinkStatus, NodeStatus, OverlayStatus, Stage
 from firstboot.systemd import NOTICE, notify, setup_logging
 from firstboot.vty import Vty
+from mesh import kubecontrol as kubecontrol_spec
 from mesh import plan, pods
 from mesh.frr import FRR_DAEMONS
 from mesh.plan import HardwareIdentity
@@ -68,6 +72,11 @@ def configure(site_file: Path, paths: NodePaths, identity: HardwareIdentity | No
     node = plan.derive(hw, site.mesh.ula)
     excluded = (*site.mesh.not_mesh, *not_mesh, *credential(paths, "kubermesh.not_mesh").split())
     specs = [*anycast, *credential(paths, "kubermesh.anycast").split()]
+    if (paths.kube_bin_dir / kubecontrol_spec.APISERVER).exists() and not any(
+            s.startswith("apiserver=") for s in specs):
+        # A slot holder's apiserver (firstboot.kubecontrol) behind the anycast address
+        # while it is ready; on any other node the probe fails and nothing is announced.
+        specs.append(f"apiserver={kubecontrol_spec.readiness_url(node.loopback)}")
     try:
         services = parse_services(site, specs)
     except ValueError as e:
@@ -83,12 +92,14 @@ class Status(Controller):
     name = "status"
     period = STATUS_PERIOD
     after = ("links", "ospf", "conflicts", "provision", "filter", "routes", "overlay",
-             "control-plane", "etcd", "anycast", "kubelet")
+             "control-plane", "etcd", "kube-control-plane", "anycast", "kubelet")
 
     def __init__(self, cfg: NodeConfig, rt: Runtime, *, links: Links, ospf: Ospf,
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
-                 kubelet: Kubelet, provision: Provision, slots: Slots, etcd: Etcd) -> None:
+                 kubelet: Kubelet, provision: Provision, slots: Slots, etcd: Etcd,
+                 kube: KubeControlPlane) -> None:
         self.cfg, self.rt, self.provision, self.slots, self.etcd = cfg, rt, provision, slots, etcd
+        self.kube = kube
         self.links, self.ospf, self.conflicts, self.routes = links, ospf, conflicts, routes
         self.overlay, self.anycast, self.kubelet = overlay, anycast, kubelet
         self.stage = Stage.BOOTING
@@ -146,7 +157,8 @@ class Status(Controller):
             kubelet=self.kubelet.state, updated=time.time(), controllers=reports,
             forged_claims=tuple(sorted(str(a) for a in ov.forged)),
             provision=self.provision.report(),
-            control_plane={**self.slots.report(), "etcd": self.etcd.report()},
+            control_plane={**self.slots.report(), "etcd": self.etcd.report(),
+                           "kubernetes": self.kube.report()},
         )
 
     def reconcile(self) -> bool:
@@ -198,13 +210,18 @@ def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit"
     frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
     provision = Provision(cfg, links, ospf, ipr)
     slots = Slots(cfg, ipr, routes, ospf)
-    members = Etcd(cfg, slots, ospf, ChildRunner(cfg) if etcd == "children" else
-                   UnitRunner(cfg) if etcd == "unit" else None)
+    members = Etcd(cfg, slots, ospf, etcd_member.child_runner(cfg) if etcd == "children"
+                   else etcd_member.unit_runner(cfg) if etcd == "unit" else None)
+    # The control plane runs as etcd does: units on a node, children in the lab.
+    kube = KubeControlPlane(cfg, slots, members, overlay,
+                            kubecontrol.child_runners(cfg) if etcd == "children"
+                            else kubecontrol.unit_runners(cfg) if etcd == "unit" else None)
     rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,
-           Filter(links, ospf, provision), routes, overlay, slots, members, anycast, kubelet)
+           Filter(links, ospf, provision), routes, overlay, slots, members, kube, anycast,
+           kubelet)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
                 overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision,
-                slots=slots, etcd=members)
+                slots=slots, etcd=members, kube=kube)
     rt.add(st)
     return rt, st
 
@@ -242,7 +259,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd", choices=("unit", "children", "off"), default="unit",
                    help="how a control-plane slot holder runs its etcd member: "
                         "kubermesh-etcd.service (a node), a child process (lab), or "
-                        "not at all (a lab that runs its own etcd)")
+                        "not at all (a lab that runs its own etcd); its Kubernetes control "
+                        "plane runs the same way")
+    p.add_argument("--kube-bin-dir", type=Path,
+                   help="lab: where kube-apiserver, kube-controller-manager and "
+                        "kube-scheduler are (a node: /usr/bin)")
     p.add_argument("--join", action="store_true",
                    help="without a site, ask a serving neighbour to join (what a netbooted "
                         "node does on its own)")
@@ -257,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o022)
     paths = (NodePaths.under(a.state_dir, a.frr_run_dir, a.site) if a.state_dir
              else NodePaths(site=a.site, frr_run=a.frr_run_dir))
+    if a.kube_bin_dir is not None:
+        paths = dataclasses.replace(paths, kube_bin_dir=a.kube_bin_dir)
     ident = None
     if a.identity:
         kind, _, value = a.identity.partition(":")

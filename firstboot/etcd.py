@@ -19,19 +19,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Protocol
+from typing import Any
 
 from firstboot.controlplane import Slots
-from firstboot.files import write_atomic
 from firstboot.node import NodeConfig
 from firstboot.ospf import Ospf
 from firstboot.runtime import Controller
+from firstboot.services import ChildRunner, Runner, UnitRunner
 from mesh import etcd, plan
 from mesh.etcd import Member
 
@@ -44,71 +43,13 @@ API_TIMEOUT = 2.0
 FOUND_AFTER = 5.0
 
 
-class Runner(Protocol):
-    def running(self) -> bool: ...
-
-    def start(self, env: Mapping[str, str]) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class UnitRunner:
+def unit_runner(cfg: NodeConfig) -> UnitRunner:
     """kubermesh-etcd.service, configured by the environment file it reads."""
-
-    def __init__(self, cfg: NodeConfig) -> None:
-        self.env_file = cfg.paths.etcd_env
-
-    def running(self) -> bool:
-        """Active, or on its way (etcd tells systemd when it has joined)."""
-        r = subprocess.run(["systemctl", "is-active", UNIT], capture_output=True, text=True,
-                           timeout=10, check=False)
-        return r.stdout.strip() in ("active", "activating", "reloading")
-
-    def start(self, env: Mapping[str, str]) -> None:
-        write_atomic(self.env_file, etcd.environment_file(env), 0o644)
-        r = subprocess.run(["systemctl", "start", "--no-block", UNIT], capture_output=True,
-                           text=True, timeout=30, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"systemctl start {UNIT}: {r.stderr.strip()}")
-
-    def stop(self) -> None:
-        subprocess.run(["systemctl", "stop", UNIT], capture_output=True, timeout=60,
-                       check=False)
-
-    def close(self) -> None:
-        """A runtime that stops leaves the member running (it is the node's, not the
-        runtime's): the next run finds it."""
+    return UnitRunner(UNIT, cfg.paths.etcd_env)
 
 
-class ChildRunner:
-    """The lab's: etcd as a child of the runtime, in the node's namespace."""
-
-    def __init__(self, cfg: NodeConfig) -> None:
-        self.binary = cfg.paths.etcd_binary
-        self.log = cfg.paths.state_dir / "etcd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, env: Mapping[str, str]) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(self.binary)], env=dict(env),
-                                         stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
+def child_runner(cfg: NodeConfig) -> ChildRunner:
+    return ChildRunner(cfg.paths.etcd_binary, cfg.paths.state_dir / "etcd.log")
 
 
 def _name_of(peer_url: str) -> str:
@@ -279,9 +220,8 @@ class Etcd(Controller):
         self.state = "starting"
 
     def close(self) -> None:
-        close = getattr(self.runner, "close", None) if self.runner is not None else None
-        if close is not None:
-            close()
+        if self.runner is not None:
+            self.runner.close()
 
     def report(self) -> dict[str, Any]:
         return {"state": self.state, "members": list(self.members)}

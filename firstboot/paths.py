@@ -22,6 +22,7 @@ class NodePaths:
     frr_run: Path = Path("/run/frr")  # ospf6d's and zebra's vty sockets, pid files
     kubelet_binary: Path = Path("/usr/bin/kubelet")
     etcd_binary: Path = Path("/usr/bin/etcd")  # Debian's etcd-server: a slot holder runs it
+    kube_bin_dir: Path = Path("/usr/bin")  # kube-apiserver, -controller-manager, -scheduler
     networkd_state: Path = Path("/run/systemd/netif/links")  # which .network each link took
     cmdline: Path = Path("/proc/cmdline")  # where the root and its verity hashes come from
     dev: Path = Path("/dev")  # the boot disk's partitions (netboot sources)
@@ -64,6 +65,16 @@ class NodePaths:
         return self.run_dir / "etcd" / "etcd.env"
 
     @property
+    def kube_pki(self) -> Path:
+        """A slot holder's control-plane certificates and kubeconfigs (root only; gone
+        when it holds no slot)."""
+        return self.state_dir / "pki"
+
+    def control_plane_env(self, component: str) -> Path:
+        """A control-plane process's command line, for kubermesh-control-plane@.service."""
+        return self.run_dir / "control-plane" / f"{component}.env"
+
+    @property
     def netboot_recipe(self) -> Path:
         """A netbooted node's recipe of what it serves, from the neighbour that booted it."""
         return self.run_dir / "netboot.recipe"
@@ -79,4 +90,5 @@ class NodePaths:
         return cls(site=site, frr_run=frr_run, run_dir=d, frr_conf_dir=d / "etc",
                    networkd_dir=None, state_dir=d, cni_data_dir=d / "cni-data",
                    kubelet_dir=d / "kubelet-state", credentials=(), ca_file=d / "ca.crt",
-                   kubelet_binary=d / "no-kubelet", cmdline=d / "no-cmdline")
+                   kubelet_binary=d / "no-kubelet", cmdline=d / "no-cmdline",
+                   kube_bin_dir=d / "no-kubernetes")

@@ -202,6 +202,9 @@ def render(s: NodeStatus, now: float | None = None) -> str:
         if member:
             lines.append(f"etcd      {member.get('state', '')}" + (
                 f"; members: {', '.join(member['members'])}" if member.get("members") else ""))
+        kube = cp.get("kubernetes", {})
+        if kube:
+            lines.append(f"kube-cp   {kube.get('state', '')}")
     if s.join:
         lines.append(f"join      {s.join}")
     prov = s.provision

@@ -126,6 +126,17 @@ def build(log: Log, cache: Path) -> Built:
     return _cached(cache / f"{KUBERNETES}-{key}", f"Kubernetes {KUBERNETES}", make)
 
 
+def find_built(cache: Path) -> Built | None:
+    """The newest finished build of this version in the cache, whatever toolchain made
+    it (a lab runs its control plane from it), or None."""
+    done = [d for d in cache.glob(f"{KUBERNETES}-*") if (d / "meta.json").is_file()
+            and all((d / "bin" / c).is_file() for c in COMPONENTS)]
+    if not done:
+        return None
+    d = max(done, key=lambda d: (d / "meta.json").stat().st_mtime)
+    return Built(d, json.loads((d / "meta.json").read_text()))
+
+
 def images(log: Log, cache: Path) -> Built:
     """The cached container images (pause from the source tree, busybox), made if missing."""
     busybox = deb_version(log, "busybox-static")

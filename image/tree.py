@@ -180,8 +180,10 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
     # hwdb-update would recompile udev's hardware database into /etc from sources
     # the image leaves out (prune): the shipped hwdb.bin is the database. (Debian
     # ships no such unit today; the mask keeps a future one from running.)
+    # Debian's etcd.service would run a single-node etcd on every node: a node runs
+    # a member only while it holds a control-plane slot (kubermesh-etcd.service).
     run(log, ["systemctl", "--root", tree, "mask", "systemd-networkd-wait-online.service",
-              "systemd-hwdb-update.service"])
+              "systemd-hwdb-update.service", "etcd.service"])
     return units
 
 

@@ -145,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
                     help="FRR alone, configured by the lab, without the node runtime")
     up.add_argument("--services", action="append", default=[], metavar="NAME@NODES",
                     help="a real anycast service on some nodes, e.g. etcd@n3,n7,n12")
+    up.add_argument("--kubernetes", default="auto", metavar="DIR|auto|none",
+                    help="where kube-apiserver, kube-controller-manager and kube-scheduler "
+                         "are, which the control-plane slot holders run (default auto: "
+                         "those `kubermesh build` made from Debian's source, if it has)")
     up.set_defaults(func=lab_up)
     lrep = cmd("report", "the lab's mesh as one node's OSPFv3 sees it: what `kubermesh mesh "
                          "report` says on a node")
@@ -388,6 +392,27 @@ def _lab(args: argparse.Namespace) -> Lab:
     return Lab(args.lab)
 
 
+def _lab_kubernetes(choice: str, without: object) -> Path | None:
+    """--kubernetes: a directory, none, or auto (the cached build, where there is one
+    and the lab runs the slot holders' etcd)."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return Path(choice)
+    if without:
+        return None
+    from image.kubernetes import CACHE
+    from image.kubesource import find_built
+
+    built = find_built(CACHE)
+    if built is None:
+        say(f"  no Kubernetes build in {CACHE}: no control plane (`kubermesh build` "
+            "makes one)")
+        return None
+    say(f"  the slot holders run the Kubernetes control plane from {built.binaries}")
+    return built.binaries
+
+
 def lab_up(args: argparse.Namespace) -> None:
     lab = _lab(args)
     from lab.netns import parse_topology
@@ -397,7 +422,8 @@ def lab_up(args: argparse.Namespace) -> None:
         sitefile.load_site(args.site)
     with step(f"Creating lab {lab.name!r}: {topo.spec}"):
         lab.up(topo, args.site, progress=lambda m: say(f"  {m}"), agent=not args.frr_only,
-               services=_services(args.services))
+               services=_services(args.services),
+               kubernetes=_lab_kubernetes(args.kubernetes, args.frr_only or args.services))
     if not args.no_wait:
         timeout = args.timeout or 30 + topo.nodes
         with step("Waiting for every node to route to every other"):

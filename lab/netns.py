@@ -33,6 +33,7 @@ from typing import Any
 from firstboot.files import write_atomic
 from mesh import plan, topology
 from mesh.frr import FRR_BIN, FRR_DAEMONS, FRR_RELOAD, render_frr_conf
+from mesh.kubecontrol import COMPONENTS as KUBE_CONTROL_PLANE
 from mesh.plan import HardwareIdentity, NodeIdentity
 from mesh.site import Site, load_site, new_site_toml
 from mesh.topology import Topology
@@ -105,6 +106,8 @@ class LabState:
     agent: bool = False
     # Anycast services: name -> the nodes that run one (e.g. etcd on n3, n7, n12).
     services: dict[str, list[int]] = field(default_factory=dict)
+    # Where kube-apiserver & co. are: the slot holders run the control plane ("": none).
+    kubernetes: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -118,6 +121,7 @@ class LabState:
             nodes=[LabNode(**n) for n in d["nodes"]],
             dead=list(d["dead"]), cut=[(a, b) for a, b in d["cut"]], agent=d["agent"],
             services={k: list(v) for k, v in d.get("services", {}).items()},
+            kubernetes=d.get("kubernetes", ""),
         )
 
     @property
@@ -263,7 +267,8 @@ class Lab:
     def up(self, topo: Topology, site_file: Path | None = None,
            sites: dict[int, Site] | None = None, progress: Progress = _quiet,
            agent: bool = True, twins: dict[int, int] | None = None,
-           services: dict[str, list[int]] | None = None) -> None:
+           services: dict[str, list[int]] | None = None,
+           kubernetes: Path | None = None) -> None:
         """Create namespaces, cables and FRR for every node; on failure remove it
         all, keeping the logs (the error names where).
 
@@ -273,6 +278,8 @@ class Lab:
         False: FRR alone, configured by the lab.
         `twins` {i: j}: node i gets node j's hardware identity (a cloned PC).
         `services` {name: [i, …]}: a real anycast service on those nodes (etcd).
+        `kubernetes`: a directory with kube-apiserver, kube-controller-manager and
+        kube-scheduler: the control-plane slot holders run them (with the runtime).
         """
         if self.exists():
             raise LabError(f"lab {self.name!r} is already up: run `kubermesh lab down` first")
@@ -292,6 +299,7 @@ class Lab:
             self._state = self._plan(topo, site, twins or {})
             self._state.agent = agent
             self._state.services = self._check_services(services or {}, site, agent)
+            self._state.kubernetes = self._check_kubernetes(kubernetes, agent)
             self._save()  # recorded before anything is made, so down() finds it all
             progress(f"{topo.nodes} nodes, {len(topo.edges)} cables")
             raise_host_limits(host_limits(topo.nodes, len(topo.edges)), progress)
@@ -317,6 +325,19 @@ class Lab:
                 raise LabError(f"service {name}: nodes {bad or members} are not in the lab "
                                f"(n1..n{len(self.state.nodes)})")
         return services
+
+    def _check_kubernetes(self, kubernetes: Path | None, agent: bool) -> str:
+        if kubernetes is None:
+            return ""
+        if not agent:
+            raise LabError("the Kubernetes control plane needs the node runtime (not --frr-only)")
+        missing = [c for c in KUBE_CONTROL_PLANE if not (kubernetes / c).is_file()]
+        if missing:
+            raise LabError(f"--kubernetes {kubernetes}: no {', '.join(missing)} there")
+        if self.state.services.get("etcd"):
+            raise LabError("the Kubernetes control plane runs on the slot holders' etcd: "
+                           "not with --services etcd@…")
+        return str(kubernetes.resolve())
 
     def _plan(self, topo: Topology, site: Site, twins: dict[int, int]) -> LabState:
         nodes = []
@@ -373,6 +394,8 @@ class Lab:
         # The slot holders' etcd, as children, unless the lab runs its own etcd
         # (`services`): both would listen on the same loopback port.
         argv += ["--etcd", "off" if self.state.services.get("etcd") else "children"]
+        if self.state.kubernetes:
+            argv += ["--kube-bin-dir", self.state.kubernetes]
         for name, members in self.state.services.items():
             if n.index in members:
                 argv += ["--anycast", f"{name}=http://[{n.loopback}]:2379/health"]

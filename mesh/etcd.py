@@ -64,11 +64,6 @@ def environment(me: Member, cluster: Mapping[str, str], state: str, data_dir: Pa
     }
 
 
-def environment_file(env: Mapping[str, str]) -> str:
-    """The environment as a systemd EnvironmentFile."""
-    return "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
-
-
 def cluster_token(site_name: str, ula: object) -> str:
     """One token per site: members of another site's cluster are refused."""
     return f"kubermesh-{site_name}-{ula}"

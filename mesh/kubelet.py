@@ -132,4 +132,6 @@ def render_all(site: Site, hostname: str, pod_block: IPv4Network, paths: Kubelet
         k / "bootstrap-kubeconfig": (render_kubeconfig(site, hostname, paths, True), 0o600),
         k / "kubelet.env": (render_env(node_ip, hostname, paths, version), 0o644),
         paths.kubeconfig: (render_kubeconfig(site, hostname, paths, False), 0o600),
+        # The site's cluster CA: the kubelet trusts the apiserver, and clients, by it.
+        paths.ca_file: (site.control_plane.ca_certificate, 0o644),
     }

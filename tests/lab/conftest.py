@@ -25,12 +25,13 @@ def _factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
 
     def make(spec: str, site_file: Path | None = None, sites: dict[int, Site] | None = None,
              wait: bool = True, agent: bool = False, twins: dict[int, int] | None = None,
-             services: dict[str, list[int]] | None = None) -> Lab:
+             services: dict[str, list[int]] | None = None,
+             kubernetes: Path | None = None) -> Lab:
         lab = Lab(unique_name())
         made.append(lab)
         topo = parse(spec)
         lab.up(topo, site_file=site_file, sites=sites, agent=agent, twins=twins,
-               services=services)
+               services=services, kubernetes=kubernetes)
         if wait:
             lab.wait_converged(timeout=60 + topo.nodes)
         return lab

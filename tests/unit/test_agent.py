@@ -18,7 +18,8 @@ from firstboot import overlay as overlay_mod
 from firstboot.agent import EX_CONFIG, Status, configure
 from firstboot.anycast import Anycast
 from firstboot.controlplane import Slots
-from firstboot.etcd import ChildRunner, Etcd
+from firstboot.etcd import Etcd, child_runner
+from firstboot.kubecontrol import KubeControlPlane
 from firstboot.kubelet import Kubelet
 from firstboot.node import ConfigError, Links, NodeConfig
 from firstboot.ospf import Conflicts, Neighbour, OspfView
@@ -165,7 +166,8 @@ def status_controller(tmp_path: Path, kernel: Kernel, cfg: NodeConfig | None = N
                 routes=routes, overlay=overlay, anycast=Anycast([], kernel, rt.post),
                 kubelet=Kubelet(cfg, overlay), provision=Provision(cfg, links, ospf, kernel),
                 slots=(slots := Slots(cfg, kernel, routes, ospf)),
-                etcd=Etcd(cfg, slots, ospf, ChildRunner(cfg)))
+                etcd=(etcd := Etcd(cfg, slots, ospf, child_runner(cfg))),
+                kube=KubeControlPlane(cfg, slots, etcd, overlay, None))
     return st, rt
 
 

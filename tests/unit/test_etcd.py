@@ -17,6 +17,7 @@ from firstboot.controlplane import Slots
 from firstboot.etcd import Etcd
 from firstboot.ospf import OspfView
 from firstboot.overlay import Routes
+from firstboot.services import environment_file
 from mesh import etcd, plan
 from mesh.controlplane import SlotClaim
 from tests.unit.fakes import Kernel, idle_ospf, node_config
@@ -31,7 +32,7 @@ def test_the_members_configuration() -> None:
     assert env["ETCD_INITIAL_CLUSTER"] == (
         "km-aaaaaaaaaaaa=http://[fd00:1::aaaa:aaaa:aaaa:aaaa]:2380,km-b=http://[fd00:1::b]:2380")
     assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
-    assert "ETCD_NAME=km-aaaaaaaaaaaa\n" in etcd.environment_file(env)
+    assert "ETCD_NAME=km-aaaaaaaaaaaa\n" in environment_file(env)
     with pytest.raises(ValueError, match="not in the initial cluster"):
         etcd.environment(A, {"km-b": "x"}, "new", Path("/d"), "t")
     with pytest.raises(ValueError, match="not new or existing"):
@@ -52,6 +53,9 @@ class FakeRunner:
     def stop(self) -> None:
         self.env = None
         self.stopped += 1
+
+    def close(self) -> None:
+        pass
 
 
 def peer(addr: IPv6Address) -> str:

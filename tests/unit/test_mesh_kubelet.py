@@ -75,7 +75,9 @@ def test_every_file_is_rendered_with_safe_modes(site: Site, tmp_path: Path) -> N
         "run/kubelet/bootstrap-kubeconfig": 0o600,  # the bootstrap token
         "run/kubelet/kubelet.env": 0o644,
         "kubelet/kubeconfig": 0o600,
+        "ca.crt": 0o644,  # the site's cluster CA: public
     }
+    assert out["ca.crt"][0] == site.control_plane.ca_certificate
 
 
 def test_the_nodes_paths_come_from_its_file_contract() -> None:

@@ -172,6 +172,50 @@ def test_anycast_stage_needs_an_apiserver(image: Image) -> None:
                 "with etcd (tests/lab/test_anycast.py)")
 
 
+ETCD_KV = """
+import base64, json, sys, urllib.request
+url, op, key = sys.argv[1:4]
+body = {"key": base64.b64encode(key.encode()).decode()}
+if op == "put":
+    body["value"] = base64.b64encode(sys.argv[4].encode()).decode()
+req = urllib.request.Request(f"{url}/v3/kv/{op}", json.dumps(body).encode(),
+                             {"Content-Type": "application/json"})
+out = json.load(urllib.request.urlopen(req, timeout=10))
+for kv in out.get("kvs", []):
+    print(base64.b64decode(kv["value"]).decode())
+"""
+
+
+def etcd_kv(vm: VM, client_url: str, op: str, key: str, value: str = "") -> str:
+    """put or range one key through etcd's v3 JSON gateway, from the guest."""
+    script = ETCD_KV.replace("'", "'\\''")
+    return succeeds(vm, f"python3 -c '{script}' {client_url} {op} {key} {value}", 120)
+
+
+def test_slot_holders_run_one_etcd_cluster(guests: Guests,
+                                           line: dict[str, dict[str, Any]]) -> None:
+    """a, b and c take the site's three control-plane slots (its default count) and
+    found one etcd cluster from the image's etcd: every member lists all three, and a
+    key written through a's member is read through c's."""
+    names = sorted(st["hostname"] for st in line.values())
+
+    def one_cluster(st: dict[str, Any]) -> bool:
+        cp = st["control_plane"]
+        return (cp["slot"] is not None and cp["etcd"]["state"] == "running"
+                and sorted(cp["etcd"]["members"]) == names)
+
+    sts = {n: wait_status(getattr(guests, n), f"an etcd member of {', '.join(names)}",
+                          one_cluster, 600) for n in "abc"}
+    assert sorted(st["control_plane"]["slot"] for st in sts.values()) == [0, 1, 2], sts
+    # Debian's own etcd.service stays masked: only the slot holder's member runs.
+    assert unit_state(guests.a, "etcd.service")[0] == "inactive"
+    assert unit_state(guests.a, "kubermesh-etcd.service")[0] == "active"
+    value = secrets.token_hex(8)
+    url = {n: f"http://[{st['loopback']}]:2379" for n, st in sts.items()}
+    etcd_kv(guests.a, url["a"], "put", "kubermesh-vm-test", value)
+    assert etcd_kv(guests.c, url["c"], "range", "kubermesh-vm-test").strip() == value
+
+
 def unit_state(vm: VM, unit: str) -> tuple[str, int, int]:
     """(ActiveState, MainPID, NRestarts) of a unit."""
     # Key=value lines, in systemd's order rather than the order asked for.
