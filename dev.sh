@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 # libsystemd-dev, pkg-config, gcc, python3-dev: systemd-python (requirements.lock) has no
 # wheel on PyPI; pip builds it from source, for the .venv and for the image.
 HOST_PACKAGES=(frr frr-pythontools iproute2 iputils-ping python3 python3-venv util-linux procps
-  etcd-server etcd-client iperf3 containernetworking-plugins nftables dnsmasq-base
+  etcd-server etcd-client iperf3 containernetworking-plugins nftables dnsmasq-base iptables
   libsystemd-dev pkg-config gcc python3-dev)
 # The image build (mkosi → squashfs + verity → UKI → ESP → GPT) and its VM tests.
 IMAGE_PACKAGES=(mkosi debootstrap systemd-container squashfs-tools cryptsetup-bin mtools

@@ -28,9 +28,11 @@ from typing import Any
 
 from firstboot import etcd as etcd_member
 from firstboot import hardware, kubecontrol, status
+from firstboot.admission import Admission
 from firstboot.anycast import Anycast, Service, parse_services
 from firstboot.controlplane import Slots
 from firstboot.etcd import Etcd
+from firstboot.eviction import Eviction
 from firstboot.filter import Filter
 from firstboot.kubecontrol import KubeControlPlane
 from firstboot.kubelet import Kubelet
@@ -92,14 +94,15 @@ class Status(Controller):
     name = "status"
     period = STATUS_PERIOD
     after = ("links", "ospf", "conflicts", "provision", "filter", "routes", "overlay",
-             "control-plane", "etcd", "kube-control-plane", "anycast", "kubelet")
+             "control-plane", "etcd", "kube-control-plane", "kube-admission", "kube-eviction",
+             "anycast", "kubelet")
 
     def __init__(self, cfg: NodeConfig, rt: Runtime, *, links: Links, ospf: Ospf,
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
                  kubelet: Kubelet, provision: Provision, slots: Slots, etcd: Etcd,
-                 kube: KubeControlPlane) -> None:
+                 kube: KubeControlPlane, admission: Admission, eviction: Eviction) -> None:
         self.cfg, self.rt, self.provision, self.slots, self.etcd = cfg, rt, provision, slots, etcd
-        self.kube = kube
+        self.kube, self.admission, self.eviction = kube, admission, eviction
         self.links, self.ospf, self.conflicts, self.routes = links, ospf, conflicts, routes
         self.overlay, self.anycast, self.kubelet = overlay, anycast, kubelet
         self.stage = Stage.BOOTING
@@ -158,7 +161,9 @@ class Status(Controller):
             forged_claims=tuple(sorted(str(a) for a in ov.forged)),
             provision=self.provision.report(),
             control_plane={**self.slots.report(), "etcd": self.etcd.report(),
-                           "kubernetes": self.kube.report()},
+                           "kubernetes": {**self.kube.report(),
+                                          "admission": self.admission.report(),
+                                          **self.eviction.report()}},
         )
 
     def reconcile(self) -> bool:
@@ -216,12 +221,14 @@ def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit"
     kube = KubeControlPlane(cfg, slots, members, overlay,
                             kubecontrol.child_runners(cfg) if etcd == "children"
                             else kubecontrol.unit_runners(cfg) if etcd == "unit" else None)
+    admit = Admission(cfg, kube, ospf, overlay)
+    evict = Eviction(cfg, ospf, admit)
     rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,
-           Filter(links, ospf, provision), routes, overlay, slots, members, kube, anycast,
-           kubelet)
+           Filter(links, ospf, provision), routes, overlay, slots, members, kube, admit,
+           evict, anycast, kubelet)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
                 overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision,
-                slots=slots, etcd=members, kube=kube)
+                slots=slots, etcd=members, kube=kube, admission=admit, eviction=evict)
     rt.add(st)
     return rt, st
 

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv6Address
 from typing import Any
 
 from firstboot.controlplane import Slots
@@ -98,11 +98,7 @@ class Etcd(Controller):
 
     def holders(self) -> dict[int, Member] | None:
         """Every slot holder as an etcd member, or None while one's loopback is unknown."""
-        loops = plan.loopback_subnet(self.cfg.site.mesh.ula)
-        by_router: dict[IPv4Address, IPv6Address] = {}
-        for addr, routers in self.ospf.view.advertisers.items():
-            if addr in loops and len(routers) == 1:
-                by_router[IPv4Address(next(iter(routers)))] = addr
+        by_router = self.ospf.view.loopbacks(plan.loopback_subnet(self.cfg.site.mesh.ula))
         out = {}
         for slot, router in self.slots.holders().items():
             if router == self.cfg.node.router_id:

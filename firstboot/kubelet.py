@@ -23,6 +23,7 @@ from mesh import kubelet
 log = logging.getLogger("kubermesh.kubelet")
 
 KUBELET_UNIT = "kubermesh-kubelet.service"
+PROXY_UNIT = "kubermesh-kube-proxy.service"
 
 
 def kubelet_paths(cfg: NodeConfig) -> kubelet.KubeletPaths:
@@ -73,11 +74,13 @@ class Kubelet(Controller):
         old = self.state
         self.state = self._unit_state()
         if self.written and self.state in ("inactive", "failed") and self.apiserver():
-            log.info("the apiserver is reachable at its anycast address: starting the kubelet")
-            r = subprocess.run(["systemctl", "start", "--no-block", KUBELET_UNIT],
+            log.info("the apiserver is reachable at its anycast address: starting the kubelet "
+                     "and kube-proxy")
+            r = subprocess.run(["systemctl", "start", "--no-block", KUBELET_UNIT, PROXY_UNIT],
                                capture_output=True, text=True, timeout=30, check=False)
             if r.returncode != 0:
-                raise RuntimeError(f"systemctl start {KUBELET_UNIT}: {r.stderr.strip()}")
+                raise RuntimeError(f"systemctl start {KUBELET_UNIT} {PROXY_UNIT}: "
+                                   f"{r.stderr.strip()}")
             self.state = self._unit_state()
         return old != self.state
 

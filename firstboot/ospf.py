@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 from pyroute2.netlink.rtnl import RTMGRP_IPV6_ROUTE
@@ -67,6 +67,12 @@ class OspfView:
     @property
     def full_links(self) -> frozenset[str]:
         return frozenset(i for i, n in self.neighbours.items() if n.state == "Full")
+
+    def loopbacks(self, subnet: IPv6Network) -> dict[IPv4Address, IPv6Address]:
+        """Each router's loopback: the /128 in `subnet` that it alone announces."""
+        return {IPv4Address(next(iter(routers))): addr
+                for addr, routers in self.advertisers.items()
+                if addr in subnet and len(routers) == 1}
 
     @property
     def unreachable(self) -> frozenset[str]:

@@ -40,6 +40,7 @@ from firstboot.node import Links, NodeConfig
 from firstboot.ospf import Ospf
 from firstboot.paths import NodePaths
 from firstboot.runtime import Controller
+from firstboot.services import end
 from mesh import join, plan, provision
 from mesh.provision import HTTP_PORT, ServedLink
 
@@ -223,13 +224,7 @@ class Provision(Controller):
 
     def _stop_dnsmasq(self) -> None:
         if self.dnsmasq is not None:
-            if self.dnsmasq.poll() is None:
-                self.dnsmasq.terminate()
-                try:
-                    self.dnsmasq.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.dnsmasq.kill()
-                    self.dnsmasq.wait()
+            end(self.dnsmasq)
             self.dnsmasq = None
             self.dnsmasq_conf = ""
 

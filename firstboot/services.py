@@ -30,6 +30,17 @@ def environment_file(env: Mapping[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in sorted(env.items()))
 
 
+def end(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """End a child: SIGTERM, SIGKILL if it is still there after `timeout`; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class UnitRunner:
     """A unit that reads its configuration from `env_file`."""
 
@@ -76,13 +87,8 @@ class ChildRunner:
                                          stdout=out, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            end(self.proc)
         self.proc = None
 
     def close(self) -> None:

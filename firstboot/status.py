@@ -205,6 +205,14 @@ def render(s: NodeStatus, now: float | None = None) -> str:
         kube = cp.get("kubernetes", {})
         if kube:
             lines.append(f"kube-cp   {kube.get('state', '')}")
+            for lost in kube.get("marked_unreachable", [])[-3:]:
+                lines.append(f"lost      {lost}: marked unreachable (gone from the mesh)")
+            admitted = kube.get("admission", {})
+            if admitted.get("approved") or admitted.get("denied"):
+                lines.append(f"admitted  {len(admitted.get('approved', []))} kubelet-serving "
+                             f"certificates approved, {len(admitted.get('denied', []))} denied"
+                             + "".join(f"\n          denied {d}"
+                                       for d in admitted.get("denied", [])[-3:]))
     if s.join:
         lines.append(f"join      {s.join}")
     prov = s.provision

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
+from mesh.eviction import TOLERATION_SECONDS
 from mesh.kubelet import APISERVER_PORT
 from mesh.site import Site
 
@@ -95,6 +96,9 @@ def components(site: Site, loopback: IPv6Address, node_ip: IPv4Address,
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={f('sa.pub')}",
         f"--service-account-signing-key-file={f('sa.key')}",
+        # A node the mesh has lost is marked unreachable at once (mesh.eviction): its
+        # pods tolerate that for seconds, not Kubernetes' default 300.
+        f"--default-unreachable-toleration-seconds={TOLERATION_SECONDS}",
     )
     controller_manager = (
         *kubeconfig("controller-manager.conf"),

@@ -111,6 +111,25 @@ def kubelet_args(node_ip: IPv4Address, hostname: str, paths: KubeletPaths,
     return args
 
 
+def kube_proxy_args(site: Site, node_ip: IPv4Address, hostname: str,
+                    paths: KubeletPaths) -> list[str]:
+    """kube-proxy (iptables mode) on every node, with the kubelet's own client
+    certificate: nodes may read services and endpoints (system:node-proxier,
+    mesh.admission). It leaves conntrack's table size alone (the kernel's, shared by
+    every namespace of a lab)."""
+    return [f"--kubeconfig={paths.kubeconfig}", f"--hostname-override={hostname}",
+            f"--bind-address={node_ip}", f"--cluster-cidr={site.pods.range}",
+            "--proxy-mode=iptables", "--conntrack-max-per-core=0",
+            "--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256"]
+
+
+def render_kube_proxy_env(site: Site, node_ip: IPv4Address, hostname: str,
+                          paths: KubeletPaths) -> str:
+    args = " ".join(shlex.quote(a) for a in kube_proxy_args(site, node_ip, hostname, paths))
+    return ("# Kubermesh: kube-proxy's command line (kubermesh-kube-proxy.service). "
+            f"Generated: do not edit.\nKUBE_PROXY_ARGS={shlex.quote(args)}\n")
+
+
 def render_env(node_ip: IPv4Address, hostname: str, paths: KubeletPaths,
                version: tuple[int, int] = NEWEST) -> str:
     # Quoted twice: each argument for the unit's word splitting of ${KUBELET_ARGS},
@@ -131,6 +150,8 @@ def render_all(site: Site, hostname: str, pod_block: IPv4Network, paths: Kubelet
         k / "config.yaml": (config, 0o644),
         k / "bootstrap-kubeconfig": (render_kubeconfig(site, hostname, paths, True), 0o600),
         k / "kubelet.env": (render_env(node_ip, hostname, paths, version), 0o644),
+        k / "kube-proxy.env": (render_kube_proxy_env(site, node_ip, hostname, paths), 0o644),
+        k / "kube-proxy.env": (render_kube_proxy_env(site, node_ip, hostname, paths), 0o644),
         paths.kubeconfig: (render_kubeconfig(site, hostname, paths, False), 0o600),
         # The site's cluster CA: the kubelet trusts the apiserver, and clients, by it.
         paths.ca_file: (site.control_plane.ca_certificate, 0o644),

@@ -3,26 +3,36 @@ in every node of a real FRR lab, etcd elected by the slots, and kube-apiserver,
 kube-controller-manager and kube-scheduler from the binaries the build made from
 Debian's source, behind the apiserver's anycast address. kubectl from the same
 build talks to it through that address, from a node that holds no slot, with
-the site CA verified, and keeps talking when the apiserver it reached dies."""
+the site CA verified, and keeps talking when the apiserver it reached dies. A
+node without a slot does what a kubelet does to join: the bootstrap token, a
+client certificate, a serving certificate the mesh vouches for (and one it does
+not, denied)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from firstboot.admission import DENY_AFTER
 from image.kubernetes import CACHE
 from image.kubesource import find_built
 from lab.netns import Lab
-from lab.stack import lowest_router_ids, slot_views
-from mesh import pki
+from lab.stack import lowest_router_ids, node_address, slot_views
+from mesh import eviction, kubelet, pki
+from mesh.admission import SERVING_SIGNER
 from mesh.kubelet import APISERVER_PORT
-from mesh.site import load_site, new_site_toml
+from mesh.site import Site, load_site, new_site_toml
 from tests.lab.conftest import LabFactory
 from tests.lab.test_controlplane import GRACE, wait_for
 
@@ -51,7 +61,7 @@ def kubectl(lab: Lab, ref: int, kube_bin: Path, kubeconfig: Path, *args: str,
     return r.stdout if r.returncode == 0 else ""
 
 
-def test_slot_holders_serve_the_apiserver_behind_its_anycast_address(
+def test_slot_holders_serve_the_apiserver_behind_its_anycast_address_and_admit_kubelets(
         make_lab: LabFactory, kube_bin: Path, tmp_path: Path) -> None:
     site_file = tmp_path / "site.toml"
     site_file.write_text(new_site_toml("kube").replace("grace = 60", f"grace = {GRACE}"))
@@ -87,6 +97,10 @@ def test_slot_holders_serve_the_apiserver_behind_its_anycast_address(
     names = json.loads(kubectl(lab, client, kube_bin, conf, "get", "namespaces", "-o", "json"))
     assert "kubermesh-lab" in {x["metadata"]["name"] for x in names["items"]}
 
+    node_conf = kubelet_joins(lab, client, kube_bin, site, tmp_path)
+    server = next(i for i in nodes if i not in holders and i != client)
+    kube_proxy_reaches_a_service(lab, client, server, kube_bin, conf, node_conf, site)
+
     # The holder whose apiserver the client reaches dies: the anycast address moves
     # to the next nearest one, which reads the same etcd.
     nearest = served_by(lab, client, anycast)
@@ -98,6 +112,10 @@ def test_slot_holders_serve_the_apiserver_behind_its_anycast_address(
     print(f"the anycast apiserver answered again {time.monotonic() - killed:.1f} s after "
           f"the holder it reached (n{nearest}) died")
     assert served_by(lab, client, anycast) != nearest
+
+    # The node that joined dies: the mesh loses it at once, and so does Kubernetes.
+    observer = next(i for i in nodes if i not in holders and i != client and i != nearest)
+    node_is_lost_at_once(lab, client, observer, kube_bin, conf, node_conf)
 
 
 def served_by(lab: Lab, client: int, anycast: IPv6Address) -> int:
@@ -111,3 +129,216 @@ def served_by(lab: Lab, client: int, anycast: IPv6Address) -> int:
         x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
     [holder] = [n.index for n in lab.state.nodes if n.hostname in names]
     return holder
+
+
+def submit_csr(lab: Lab, ref: int, kube_bin: Path, kubeconfig: Path, name: str, signer: str,
+               usages: list[str], cn: str, dns: list[str],
+               ips: list[IPv4Address | IPv6Address]) -> ec.EllipticCurvePrivateKey:
+    """A CertificateSigningRequest as a kubelet makes it, from node `ref`; its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+        x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    if dns or ips:
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [*map(x509.DNSName, dns), *map(x509.IPAddress, ips)]), critical=False)
+    pem = b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    body = kubeconfig.with_name(f"{name}.json")
+    body.write_text(json.dumps({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {"request": base64.b64encode(pem).decode(), "signerName": signer,
+                 "usages": usages}}))
+    kubectl(lab, ref, kube_bin, kubeconfig, "create", "-f", str(body))
+    return key
+
+
+def csr_outcome(lab: Lab, ref: int, kube_bin: Path, kubeconfig: Path, name: str) -> list[str]:
+    """Still undecided: [what it is]; decided: [] (read it with csr_status)."""
+    st = csr_status(lab, ref, kube_bin, kubeconfig, name)
+    if st.get("certificate") or any(c["type"] == "Denied" for c in st.get("conditions", [])):
+        return []
+    return [f"{name}: {st or 'pending'}"]
+
+
+def csr_status(lab: Lab, ref: int, kube_bin: Path, kubeconfig: Path,
+               name: str) -> dict[str, Any]:
+    out = kubectl(lab, ref, kube_bin, kubeconfig, "get", "csr", name, "-o", "json",
+                  check=False)
+    return dict(json.loads(out).get("status", {})) if out else {}
+
+
+def kubelet_joins(lab: Lab, client: int, kube_bin: Path, site: Site, tmp_path: Path) -> Path:
+    """What a kubelet does to join, step by step, from a node without a slot: the
+    site's bootstrap token gets it a client certificate (approved and signed by the
+    controller-manager through the RBAC the holders put in place); with that, it
+    asks for a serving certificate, which the holders approve because the mesh
+    knows the addresses it names; one naming another node's address is denied."""
+    n = lab.node(client)
+    anycast = f"https://[{site.anycast['apiserver']}]:{APISERVER_PORT}"
+    ca = base64.b64encode(site.control_plane.ca_certificate.encode()).decode()
+    boot = tmp_path / "bootstrap.conf"
+    boot.write_text(kubeconfig_text(anycast, ca, {"token": site.secrets.bootstrap_token}))
+    boot.chmod(0o600)
+    user = f"system:node:{n.hostname}"
+    wait_for("the bootstrap token to be accepted", lambda: [] if kubectl(
+        lab, client, kube_bin, boot, "auth", "can-i", "create", "certificatesigningrequests",
+        check=False).strip() == "yes" else ["not yet"], timeout=60)
+    key = submit_csr(lab, client, kube_bin, boot, "node-client", CLIENT_SIGNER,
+                     ["digital signature", "key encipherment", "client auth"], user, [], [])
+    took = wait_for("the client certificate", lambda: csr_outcome(
+        lab, client, kube_bin, boot, "node-client"), timeout=60)
+    cert = csr_status(lab, client, kube_bin, boot, "node-client")["certificate"]
+    print(f"client certificate through the bootstrap token in {took:.1f} s")
+    node_conf = tmp_path / "node.conf"
+    node_conf.write_text(kubeconfig_text(anycast, ca, {
+        "client-certificate-data": cert,
+        "client-key-data": base64.b64encode(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())).decode()}))
+    node_conf.chmod(0o600)
+    node_ip = node_address(lab, client)
+    assert node_ip is not None
+    loopback = IPv6Address(n.loopback)
+    serving = ["digital signature", "key encipherment", "server auth"]
+    submit_csr(lab, client, kube_bin, node_conf, "node-serving", SERVING_SIGNER, serving,
+               user, [n.hostname], [node_ip, loopback])
+    took = wait_for("the serving certificate", lambda: csr_outcome(
+        lab, client, kube_bin, node_conf, "node-serving"), timeout=60)
+    st = csr_status(lab, client, kube_bin, node_conf, "node-serving")
+    assert st.get("certificate"), st
+    print(f"serving certificate approved by the mesh in {took:.1f} s")
+    other = lab.node(next(i.index for i in lab.state.nodes if i.index != client))
+    submit_csr(lab, client, kube_bin, node_conf, "node-serving-forged", SERVING_SIGNER,
+               serving, user, [n.hostname], [node_ip, IPv6Address(other.loopback)])
+    wait_for("the forged serving request denied", lambda: csr_outcome(
+        lab, client, kube_bin, node_conf, "node-serving-forged"), timeout=DENY_AFTER + 30)
+    st = csr_status(lab, client, kube_bin, node_conf, "node-serving-forged")
+    [denied] = [c for c in st["conditions"] if c["type"] == "Denied"]
+    assert other.loopback in denied["message"] and not st.get("certificate"), st
+    return node_conf
+
+
+CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
+
+
+def kubeconfig_text(server: str, ca_data: str, user: dict[str, str]) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": server,
+                                                 "certificate-authority-data": ca_data}}],
+        "users": [{"name": "lab", "user": user}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]})
+
+
+def node_is_lost_at_once(lab: Lab, victim: int, observer: int, kube_bin: Path, admin: Path,
+                         node_conf: Path) -> None:
+    """The victim registers as a kubelet would (its Node, Ready) and gets a pod of a
+    ReplicaSet; it dies silently. A holder marks its Node unreachable within
+    seconds, the pod is evicted after its short toleration, and the ReplicaSet
+    makes a new one."""
+    name = lab.node(victim).hostname
+    node_file = node_conf.with_name("node.json")
+    node_file.write_text(json.dumps({"apiVersion": "v1", "kind": "Node",
+                                     "metadata": {"name": name}}))
+    kubectl(lab, victim, kube_bin, node_conf, "create", "-f", str(node_file))
+    # Ready, as its kubelet posts it (kubectl 1.20 cannot patch a status: the client).
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True",
+                                        "reason": "KubeletReady", "lastHeartbeatTime": now,
+                                        "lastTransitionTime": now}]}}
+    lab.exec(victim, [sys.executable, "-c", "import json, sys; from kubernetes import client, "
+                      "config; config.load_kube_config(sys.argv[1]); client.CoreV1Api()."
+                      "patch_node_status(sys.argv[2], json.loads(sys.argv[3]))",
+                      str(node_conf), name, json.dumps(ready)], timeout=60)
+    rs = node_conf.with_name("rs.json")
+    rs.write_text(json.dumps({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "on-the-victim", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "victim"}},
+                 "template": {"metadata": {"labels": {"app": "victim"}},
+                              "spec": {"nodeName": name, "containers": [{
+                                  "name": "c", "image": "kubermesh.local/busybox:1.35",
+                                  "command": ["sleep", "3600"]}]}}}}))
+    kubectl(lab, observer, kube_bin, admin, "create", "-f", str(rs))
+
+    def pods() -> list[dict[str, Any]]:
+        out = kubectl(lab, observer, kube_bin, admin, "get", "pods", "-l", "app=victim",
+                      "-o", "json", check=False)
+        return list(json.loads(out)["items"]) if out else []
+
+    wait_for("the ReplicaSet's pod", lambda: [] if pods() else ["none yet"], timeout=60)
+    [first] = pods()
+    tolerations = {t.get("key"): t.get("tolerationSeconds") for t in
+                   first["spec"].get("tolerations", [])}
+    assert tolerations.get(eviction.UNREACHABLE) == eviction.TOLERATION_SECONDS, tolerations
+    lab.kill(victim)
+    killed = time.monotonic()
+
+    def node_state() -> list[str]:
+        out = kubectl(lab, observer, kube_bin, admin, "get", "node", name, "-o", "json",
+                      check=False)
+        node = json.loads(out) if out else {}
+        ready = [c for c in node.get("status", {}).get("conditions", [])
+                 if c["type"] == "Ready"]
+        ok = eviction.is_marked(node) and ready and ready[0]["status"] == "Unknown" \
+            and ready[0].get("reason") == eviction.REASON
+        return [] if ok else [f"{name}: {ready}"]
+
+    marked = wait_for("the dead node marked unreachable", node_state, timeout=30)
+    print(f"node {name} marked unreachable {time.monotonic() - killed:.1f} s after it died "
+          f"({marked:.1f} s of polling)")
+    wait_for("its pod evicted and made again", lambda: [] if any(
+        p["metadata"].get("deletionTimestamp") for p in pods()
+        if p["metadata"]["uid"] == first["metadata"]["uid"]) and any(
+        p["metadata"]["uid"] != first["metadata"]["uid"] for p in pods())
+        else [str([(p["metadata"]["name"], p["metadata"].get("deletionTimestamp"))
+                   for p in pods()])], timeout=60)
+    print(f"its pod evicted and replaced {time.monotonic() - killed:.1f} s after it died "
+          f"(Kubernetes' defaults: 40 s + 300 s)")
+
+
+def kube_proxy_reaches_a_service(lab: Lab, client: int, server: int, kube_bin: Path,
+                                 admin: Path, node_conf: Path, site: Site) -> None:
+    """kube-proxy on the joined node, with the command line a node runs it with and
+    the node's own credentials: a Service's ClusterIP leads, over the overlay, to
+    its endpoint on another node."""
+    n = lab.node(client)
+    kubelet_dir = node_conf.with_name("kubelet")
+    kubelet_dir.mkdir()
+    (kubelet_dir / "kubeconfig").symlink_to(node_conf)
+    paths = kubelet.KubeletPaths(run_dir=node_conf.parent, kubelet_dir=kubelet_dir,
+                                 ca_file=node_conf.parent / "ca.crt",
+                                 cni_conf_dir=node_conf.parent)
+    node_ip = node_address(lab, client)
+    assert node_ip is not None
+    lab.spawn(client, [str(kube_bin / "kube-proxy"),
+                       *kubelet.kube_proxy_args(site, node_ip, n.hostname, paths)],
+              "kube-proxy")
+    web_ip = node_address(lab, server)
+    www = node_conf.with_name("www")  # served: nothing of the test's credentials
+    www.mkdir()
+    lab.spawn(server, [sys.executable, "-m", "http.server", "8080", "--bind", str(web_ip),
+                       "--directory", str(www)], "web")
+    service = node_conf.with_name("web.json")
+    service.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web",
+                                                             "namespace": "default"},
+         "spec": {"ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}},
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web",
+                                                               "namespace": "default"},
+         "subsets": [{"addresses": [{"ip": str(web_ip)}], "ports": [{"port": 8080}]}]}]}))
+    kubectl(lab, client, kube_bin, admin, "create", "-f", str(service))
+    cluster_ip = kubectl(lab, client, kube_bin, admin, "get", "service", "web", "-o",
+                         "jsonpath={.spec.clusterIP}")
+    assert IPv4Address(cluster_ip) in site.services.range
+
+    def fetch() -> list[str]:
+        r = lab.exec(client, [sys.executable, "-c", "import urllib.request; print(urllib."
+                              f"request.urlopen('http://{cluster_ip}/', timeout=3).status)"],
+                     timeout=30, check=False)
+        return [] if r.stdout.strip() == "200" else [r.stderr.strip()[-200:]]
+
+    took = wait_for(f"the service's ClusterIP {cluster_ip} from n{client}", fetch, timeout=60)
+    print(f"kube-proxy: service {cluster_ip} -> {web_ip}:8080 on n{server} answered "
+          f"{took:.1f} s after it was made")

@@ -15,10 +15,12 @@ import pytest
 
 from firstboot import agent, status
 from firstboot import overlay as overlay_mod
+from firstboot.admission import Admission
 from firstboot.agent import EX_CONFIG, Status, configure
 from firstboot.anycast import Anycast
 from firstboot.controlplane import Slots
 from firstboot.etcd import Etcd, child_runner
+from firstboot.eviction import Eviction
 from firstboot.kubecontrol import KubeControlPlane
 from firstboot.kubelet import Kubelet
 from firstboot.node import ConfigError, Links, NodeConfig
@@ -167,7 +169,9 @@ def status_controller(tmp_path: Path, kernel: Kernel, cfg: NodeConfig | None = N
                 kubelet=Kubelet(cfg, overlay), provision=Provision(cfg, links, ospf, kernel),
                 slots=(slots := Slots(cfg, kernel, routes, ospf)),
                 etcd=(etcd := Etcd(cfg, slots, ospf, child_runner(cfg))),
-                kube=KubeControlPlane(cfg, slots, etcd, overlay, None))
+                kube=(kube := KubeControlPlane(cfg, slots, etcd, overlay, None)),
+                admission=(admit := Admission(cfg, kube, ospf, overlay)),
+                eviction=Eviction(cfg, ospf, admit))
     return st, rt
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from firstboot import kubelet as kubelet_mod
-from firstboot.kubelet import KUBELET_UNIT, Kubelet, kubelet_paths
+from firstboot.kubelet import KUBELET_UNIT, PROXY_UNIT, Kubelet, kubelet_paths
 from firstboot.overlay import Overlay, Routes
 from firstboot.paths import NodePaths
 from firstboot.status import KUBELET_NOT_INSTALLED
@@ -197,7 +197,7 @@ def test_the_kubelet_starts_once_its_files_are_written_and_the_apiserver_is_reac
 
     monkeypatch.setattr(subprocess, "run", run)
     monkeypatch.setattr(Kubelet, "kubelet_version", lambda self: kubelet.NEWEST)
-    start = ["systemctl", "start", "--no-block", KUBELET_UNIT]
+    start = ["systemctl", "start", "--no-block", KUBELET_UNIT, PROXY_UNIT]
     reachable[0] = True
     k.reconcile()  # no block, no files: not started, whatever the apiserver
     assert start not in calls and k.state == "inactive"

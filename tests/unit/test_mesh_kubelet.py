@@ -74,6 +74,7 @@ def test_every_file_is_rendered_with_safe_modes(site: Site, tmp_path: Path) -> N
         "run/kubelet/config.yaml": 0o644,
         "run/kubelet/bootstrap-kubeconfig": 0o600,  # the bootstrap token
         "run/kubelet/kubelet.env": 0o644,
+        "run/kubelet/kube-proxy.env": 0o644,
         "kubelet/kubeconfig": 0o600,
         "ca.crt": 0o644,  # the site's cluster CA: public
     }
