@@ -12,18 +12,22 @@ instance no longer watched must not attract clients.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firstboot.runtime import Controller
 from mesh.site import Site
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("kubermesh.anycast")
 
@@ -60,7 +64,6 @@ class Probe:
         # Here, not at the top: only nodes that run a service pay their import
         # (seconds on an emulated node, where the runtime's start is on the boot's path).
         import http.client
-        import ssl
 
         try:
             if self.scheme == "tcp":
@@ -68,13 +71,8 @@ class Probe:
                 return None
             conn: http.client.HTTPConnection
             if self.scheme == "https":
-                # The local instance is probed for liveness, not identity: its
-                # certificate names the anycast address, not this loopback.
-                ctx = ssl.create_default_context()
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
                 conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
-                                                   context=ctx)
+                                                   context=_liveness_context())
             else:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             try:
@@ -85,6 +83,19 @@ class Probe:
             return None if 200 <= status < 300 else f"HTTP {status}"
         except Exception as e:  # whatever went wrong, the service did not answer well
             return str(e) or type(e).__name__
+
+
+@functools.cache
+def _liveness_context() -> ssl.SSLContext:
+    """The local instance is probed for liveness, not identity (its certificate names
+    the anycast address, not this loopback): no CA bundle to load, made once (loading
+    one at every probe cost a slow node most of a CPU)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class Hysteresis:
@@ -112,6 +123,8 @@ class Service:
     name: str
     address: IPv6Address
     probe: Probe
+    # Whether this node runs the service now (None: always); probed only while it does.
+    runs: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 def parse_services(site: Site, specs: list[str]) -> list[Service]:
@@ -156,7 +169,10 @@ class Anycast(Controller):
     def _probe(self, svc: Service) -> None:
         next_at = time.monotonic()
         while not self.stopping.is_set():
-            error = svc.probe.check(TIMEOUT)
+            # Not run on this node right now (a control plane on a node without a
+            # slot): unhealthy, without a probe every interval.
+            error = ("not run on this node" if svc.runs is not None and not svc.runs()
+                     else svc.probe.check(TIMEOUT))
             with self.lock:
                 h = self.health[svc.name]
                 was = h.healthy

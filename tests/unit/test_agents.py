@@ -4,9 +4,11 @@ controller with real probes against local servers."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -154,6 +156,29 @@ def test_probes_check_http_status_and_tcp_connect(http_server: http.server.HTTPS
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     assert Probe.parse(f"tcp://127.0.0.1:{free}").check(1.0)  # refused: says why
+
+
+def test_a_service_not_run_here_is_not_announced_whatever_answers(tmp_path: Path) -> None:
+    """An apiserver of another process on the port, or none: while this node runs no
+    control plane (`runs` False) nothing is probed and nothing announced."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    (svc,) = parse_services(new_site(), [f"etcd=tcp://127.0.0.1:{listener.getsockname()[1]}"])
+    running = threading.Event()
+    posted = threading.Event()
+    a = Anycast([dataclasses.replace(svc, runs=running.is_set)], Kernel(),
+                lambda _: posted.set(), interval=0.01, rise=2, fall=2)
+    try:
+        time.sleep(0.2)
+        assert not posted.is_set() and a.reconcile() is False and a.announced == frozenset()
+        assert a.last_error["etcd"] == "not run on this node"
+        running.set()
+        assert posted.wait(5), "the probe never said healthy once the service ran"
+        assert a.reconcile() is True and a.announced == {svc.address}
+    finally:
+        listener.close()
+        a.close()
 
 
 def test_anycast_follows_health_and_withdraws_on_close(tmp_path: Path) -> None:
