@@ -30,6 +30,7 @@ from firstboot import etcd as etcd_member
 from firstboot import hardware, kubecontrol, status
 from firstboot.admission import Admission
 from firstboot.anycast import Anycast, Service, parse_services
+from firstboot.clusterdns import ClusterDns
 from firstboot.controlplane import Slots
 from firstboot.etcd import Etcd
 from firstboot.eviction import Eviction
@@ -95,14 +96,16 @@ class Status(Controller):
     period = STATUS_PERIOD
     after = ("links", "ospf", "conflicts", "provision", "filter", "routes", "overlay",
              "control-plane", "etcd", "kube-control-plane", "kube-admission", "kube-eviction",
-             "anycast", "kubelet")
+             "anycast", "kubelet", "cluster-dns")
 
     def __init__(self, cfg: NodeConfig, rt: Runtime, *, links: Links, ospf: Ospf,
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
                  kubelet: Kubelet, provision: Provision, slots: Slots, etcd: Etcd,
-                 kube: KubeControlPlane, admission: Admission, eviction: Eviction) -> None:
+                 kube: KubeControlPlane, admission: Admission, eviction: Eviction,
+                 dns: ClusterDns) -> None:
         self.cfg, self.rt, self.provision, self.slots, self.etcd = cfg, rt, provision, slots, etcd
         self.kube, self.admission, self.eviction = kube, admission, eviction
+        self.dns = dns
         self.links, self.ospf, self.conflicts, self.routes = links, ospf, conflicts, routes
         self.overlay, self.anycast, self.kubelet = overlay, anycast, kubelet
         self.stage = Stage.BOOTING
@@ -158,6 +161,7 @@ class Status(Controller):
             errors=tuple(f"{n}: {e}" for n, e in self.rt.registry.errors().items()),
             unreachable=tuple(sorted(view.unreachable)), overlay=overlay, anycast=anycast,
             kubelet=self.kubelet.state, updated=time.time(), controllers=reports,
+            dns=self.dns.report(),
             forged_claims=tuple(sorted(str(a) for a in ov.forged)),
             provision=self.provision.report(),
             control_plane={**self.slots.report(), "etcd": self.etcd.report(),
@@ -208,7 +212,6 @@ def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit"
     routes = Routes(cfg, ipr)
     overlay = Overlay(cfg, ipr, routes, ospf, rt.post)
     conflicts = Conflicts(cfg, ospf)
-    anycast = Anycast(services, ipr, rt.post)
     apiserver = cfg.site.anycast.get("apiserver")
     kubelet = Kubelet(cfg, overlay, lambda: apiserver is not None and (
         apiserver in anycast.announced or apiserver in routes.table))
@@ -221,14 +224,19 @@ def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit"
     kube = KubeControlPlane(cfg, slots, members, overlay,
                             kubecontrol.child_runners(cfg) if etcd == "children"
                             else kubecontrol.unit_runners(cfg) if etcd == "unit" else None)
+    # The apiserver's readiness is probed only while this node runs one.
+    anycast = Anycast([dataclasses.replace(s, runs=kube.runs) if s.probe == kube.probe
+                       else s for s in services], ipr, rt.post)
     admit = Admission(cfg, kube, ospf, overlay)
     evict = Eviction(cfg, ospf, admit)
+    dns = ClusterDns(cfg, ipr)
     rt.add(Identity(cfg, ipr), links, frr, ospf, conflicts, provision,
            Filter(links, ospf, provision), routes, overlay, slots, members, kube, admit,
-           evict, anycast, kubelet)
+           evict, anycast, kubelet, dns)
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
                 overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision,
-                slots=slots, etcd=members, kube=kube, admission=admit, eviction=evict)
+                slots=slots, etcd=members, kube=kube, admission=admit, eviction=evict,
+                dns=dns)
     rt.add(st)
     return rt, st
 

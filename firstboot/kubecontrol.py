@@ -66,6 +66,10 @@ class KubeControlPlane(Controller):
             kib = next(int(ln.split()[1]) for ln in f if ln.startswith("MemTotal:"))
         return len(os.sched_getaffinity(0)), kib // 1024
 
+    def runs(self) -> bool:
+        """Whether its apiserver runs here (starting or ready)."""
+        return self.state == "running" or self.state.startswith("starting")
+
     def next_run(self) -> float | None:
         return 1.0 if self.slots.slot is not None and self.state != "running" else self.period
 

@@ -49,6 +49,7 @@ log = logging.getLogger("kubermesh.overlay")
 # The routing protocol number marking the IPv4 routes the overlay owns (unassigned in
 # /etc/iproute2/rt_protos and FRR's list), so it never touches anyone else's routes.
 RTPROT_KUBERMESH = 77
+RTPROT_SERVICES = 78  # the service range's one route, on lo (ClusterIPs from the node)
 # Above the kernel's connected routes (metric 0): the CNI bridge's own block wins.
 ROUTE_METRIC = 20
 RESYNC = 30.0  # seconds between full reads of the kernel's routes, as a safety net
@@ -323,6 +324,14 @@ class Overlay(Controller):
         for a in sorted(ours - want, key=str):  # a block given up, or a stale one
             self._netlink(f"remove {a} from lo", self.ipr.addr, "del", index=lo,
                           address=str(a.ip), prefixlen=a.network.prefixlen)
+        # The service range, so that the node itself reaches ClusterIPs: a mesh node has
+        # no default IPv4 route, and without a route a connection fails before
+        # kube-proxy's DNAT (nat OUTPUT) gives it its endpoint's address. From the node's
+        # IPv4 address: lo's 127.0.0.1 would be dropped as a martian on the mesh.
+        self._netlink(f"route {self.cfg.site.services.range} dev lo", self.ipr.route,
+                      "replace", dst=str(self.cfg.site.services.range), oif=lo,
+                      prefsrc=str(pods.node_address(self.block)), proto=RTPROT_SERVICES,
+                      table=254)
         self.addresses_ok = not self.failures
 
     def _installed_routes(self) -> dict[IPv4Network, Hops]:

@@ -103,6 +103,8 @@ class NodeStatus:
     join: str = ""  # a node without the site: where its join request stands
     # firstboot.controlplane.Slots.report(): this node's slot, every slot's holder.
     control_plane: dict[str, Any] = field(default_factory=dict)
+    # firstboot.clusterdns.ClusterDns.report(): the node's answers to its pods' queries.
+    dns: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -189,6 +191,8 @@ def render(s: NodeStatus, now: float | None = None) -> str:
     for a in s.anycast:
         lines.append(f"anycast   {a.service:<10} {a.address} {a.state}")
     lines.append(f"kubelet   {s.kubelet}")
+    if s.dns:
+        lines.append(f"dns       {s.dns.get('state', '')}")
     cp = s.control_plane
     if cp:
         mine = f"slot {cp['slot']} of {cp['count']}" if cp.get("slot") is not None else \

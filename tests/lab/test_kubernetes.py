@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firstboot.admission import DENY_AFTER
+from firstboot.files import write_atomic
 from image.kubernetes import CACHE
 from image.kubesource import find_built
 from lab.netns import Lab
@@ -98,8 +99,9 @@ def test_slot_holders_serve_the_apiserver_behind_its_anycast_address_and_admit_k
     assert "kubermesh-lab" in {x["metadata"]["name"] for x in names["items"]}
 
     node_conf = kubelet_joins(lab, client, kube_bin, site, tmp_path)
-    server = next(i for i in nodes if i not in holders and i != client)
-    kube_proxy_reaches_a_service(lab, client, server, kube_bin, conf, node_conf, site)
+    cluster_ip = kube_proxy_reaches_the_apiserver_service(lab, client, kube_bin, node_conf,
+                                                          site)
+    service_names_resolve(lab, client, site, cluster_ip)
 
     # The holder whose apiserver the client reaches dies: the anycast address moves
     # to the next nearest one, which reads the same etcd.
@@ -190,12 +192,17 @@ def kubelet_joins(lab: Lab, client: int, kube_bin: Path, site: Site, tmp_path: P
         lab, client, kube_bin, boot, "node-client"), timeout=60)
     cert = csr_status(lab, client, kube_bin, boot, "node-client")["certificate"]
     print(f"client certificate through the bootstrap token in {took:.1f} s")
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    # Where the kubelet keeps it (cert and key in one file), which the node's runtime
+    # then uses too (cluster DNS).
+    kept = lab.node_dir(n) / "kubelet-state" / "pki" / "kubelet-client-current.pem"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(kept, base64.b64decode(cert) + key_pem, 0o600)
     node_conf = tmp_path / "node.conf"
     node_conf.write_text(kubeconfig_text(anycast, ca, {
         "client-certificate-data": cert,
-        "client-key-data": base64.b64encode(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())).decode()}))
+        "client-key-data": base64.b64encode(key_pem).decode()}))
     node_conf.chmod(0o600)
     node_ip = node_address(lab, client)
     assert node_ip is not None
@@ -298,11 +305,11 @@ def node_is_lost_at_once(lab: Lab, victim: int, observer: int, kube_bin: Path, a
           f"(Kubernetes' defaults: 40 s + 300 s)")
 
 
-def kube_proxy_reaches_a_service(lab: Lab, client: int, server: int, kube_bin: Path,
-                                 admin: Path, node_conf: Path, site: Site) -> None:
+def kube_proxy_reaches_the_apiserver_service(lab: Lab, client: int, kube_bin: Path,
+                                             node_conf: Path, site: Site) -> str:
     """kube-proxy on the joined node, with the command line a node runs it with and
-    the node's own credentials: a Service's ClusterIP leads, over the overlay, to
-    its endpoint on another node."""
+    the node's own credentials: the `kubernetes` service's ClusterIP leads, over the
+    overlay, to an apiserver (its certificate names that ClusterIP). Returns it."""
     n = lab.node(client)
     kubelet_dir = node_conf.with_name("kubelet")
     kubelet_dir.mkdir()
@@ -315,30 +322,49 @@ def kube_proxy_reaches_a_service(lab: Lab, client: int, server: int, kube_bin: P
     lab.spawn(client, [str(kube_bin / "kube-proxy"),
                        *kubelet.kube_proxy_args(site, node_ip, n.hostname, paths)],
               "kube-proxy")
-    web_ip = node_address(lab, server)
-    www = node_conf.with_name("www")  # served: nothing of the test's credentials
-    www.mkdir()
-    lab.spawn(server, [sys.executable, "-m", "http.server", "8080", "--bind", str(web_ip),
-                       "--directory", str(www)], "web")
-    service = node_conf.with_name("web.json")
-    service.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web",
-                                                             "namespace": "default"},
-         "spec": {"ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}},
-        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web",
-                                                               "namespace": "default"},
-         "subsets": [{"addresses": [{"ip": str(web_ip)}], "ports": [{"port": 8080}]}]}]}))
-    kubectl(lab, client, kube_bin, admin, "create", "-f", str(service))
-    cluster_ip = kubectl(lab, client, kube_bin, admin, "get", "service", "web", "-o",
-                         "jsonpath={.spec.clusterIP}")
-    assert IPv4Address(cluster_ip) in site.services.range
+    cluster_ip = str(pki.kubernetes_service_ip(site))
+    ca = node_conf.with_name("ca.crt")
+    ca.write_text(site.control_plane.ca_certificate)
 
     def fetch() -> list[str]:
-        r = lab.exec(client, [sys.executable, "-c", "import urllib.request; print(urllib."
-                              f"request.urlopen('http://{cluster_ip}/', timeout=3).status)"],
-                     timeout=30, check=False)
-        return [] if r.stdout.strip() == "200" else [r.stderr.strip()[-200:]]
+        r = lab.exec(client, [sys.executable, "-c", "import ssl, sys, urllib.request; print("
+                              "urllib.request.urlopen(sys.argv[1], timeout=3, context=ssl."
+                              "create_default_context(cafile=sys.argv[2])).read().decode())",
+                              f"https://{cluster_ip}/readyz", str(ca)], timeout=30, check=False)
+        return [] if r.stdout.strip() == "ok" else [r.stderr.strip()[-200:]]
 
-    took = wait_for(f"the service's ClusterIP {cluster_ip} from n{client}", fetch, timeout=60)
-    print(f"kube-proxy: service {cluster_ip} -> {web_ip}:8080 on n{server} answered "
-          f"{took:.1f} s after it was made")
+    try:
+        took = wait_for(f"the kubernetes service's ClusterIP {cluster_ip} from n{client}",
+                        fetch, timeout=60)
+    except BaseException:  # what kube-proxy made of it, for the failure's evidence
+        for argv in (["iptables-save", "-t", "nat"], ["ip", "route", "get", cluster_ip]):
+            print(f"n{client} $ {' '.join(argv)}\n{lab.exec(client, argv, check=False).stdout}")
+        raise
+    print(f"kube-proxy: the kubernetes service {cluster_ip} answered {took:.1f} s after "
+          "kube-proxy started")
+    return cluster_ip
+
+
+def service_names_resolve(lab: Lab, client: int, site: Site, cluster_ip: str) -> None:
+    """The node that joined answers its pods' DNS queries at the cluster DNS address:
+    the service's name gives its ClusterIP; a name the cluster lacks, NXDOMAIN."""
+    def dns_state() -> list[str]:
+        st = json.loads(lab.status_file(client).read_text()).get("dns", {})
+        return [] if str(st.get("state", "")).startswith("answering") else [str(st)]
+
+    wait_for("the node's cluster DNS", dns_state, timeout=60)
+    server = kubelet.cluster_dns(site)
+
+    def ask(name: str) -> tuple[str, list[str]]:
+        r = lab.exec(client, [sys.executable, "-c", "import sys; from dnslib import DNSRecord; "
+                              "r = DNSRecord.parse(DNSRecord.question(sys.argv[1]).send("
+                              "sys.argv[2], 53, timeout=3)); from dnslib import RCODE; "
+                              "print(RCODE[r.header.rcode], *[a.rdata for a in r.rr])",
+                              name, str(server)], timeout=30)
+        rcode, *addrs = r.stdout.split()
+        return rcode, addrs
+
+    wait_for("kubernetes.default.svc.cluster.local", lambda: [] if ask(
+        "kubernetes.default.svc.cluster.local") == ("NOERROR", [cluster_ip]) else ["not yet"],
+        timeout=30)
+    assert ask("nothing.default.svc.cluster.local") == ("NXDOMAIN", [])

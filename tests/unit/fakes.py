@@ -92,6 +92,7 @@ class Kernel:
     def __init__(self) -> None:
         self.v6: dict[str, Msg] = {}
         self.v4: dict[str, Msg] = {}
+        self.device_routes: dict[str, tuple[int, int]] = {}  # dst -> (oif, proto)
         self.addrs: set[tuple[str, int]] = set()
         self.fail_next: set[str] = set()
         self.reads: list[int] = []  # the family of each get_routes call
@@ -133,6 +134,9 @@ class Kernel:
             del self.v4[dst]
             return
         assert verb == "replace", verb
+        if "multipath" not in kw:  # a route out of one device (the service range on lo)
+            self.device_routes[dst] = (kw["oif"], kw["proto"])
+            return
         net = IPv4Network(dst)
         self.v4[dst] = Msg(family=socket.AF_INET, type=RTN_UNICAST, dst_len=net.prefixlen,
                            proto=kw["proto"], priority=kw["priority"], attrs=[

@@ -18,6 +18,7 @@ from firstboot import overlay as overlay_mod
 from firstboot.admission import Admission
 from firstboot.agent import EX_CONFIG, Status, configure
 from firstboot.anycast import Anycast
+from firstboot.clusterdns import ClusterDns
 from firstboot.controlplane import Slots
 from firstboot.etcd import Etcd, child_runner
 from firstboot.eviction import Eviction
@@ -171,7 +172,7 @@ def status_controller(tmp_path: Path, kernel: Kernel, cfg: NodeConfig | None = N
                 etcd=(etcd := Etcd(cfg, slots, ospf, child_runner(cfg))),
                 kube=(kube := KubeControlPlane(cfg, slots, etcd, overlay, None)),
                 admission=(admit := Admission(cfg, kube, ospf, overlay)),
-                eviction=Eviction(cfg, ospf, admit))
+                eviction=Eviction(cfg, ospf, admit), dns=ClusterDns(cfg, kernel))
     return st, rt
 
 

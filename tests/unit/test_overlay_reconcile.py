@@ -14,7 +14,7 @@ import pytest
 from firstboot import overlay as overlay_mod
 from firstboot.node import NodeConfig
 from firstboot.ospf import Ospf, OspfView
-from firstboot.overlay import RTPROT_KUBERMESH, NextHop, Overlay, Routes
+from firstboot.overlay import RTPROT_KUBERMESH, RTPROT_SERVICES, NextHop, Overlay, Routes
 from mesh import cni, pods
 from mesh.pods import BlockClaim
 from mesh.site import Site
@@ -77,6 +77,8 @@ def test_routes_each_block_with_its_claims_next_hops(tmp_path: Path) -> None:
     assert mine is not None and mine not in (B1, B2)
     # Announced on lo: the claim /128 (ospf6d carries it) and the node's /32.
     assert k.addrs == {(str(pods.node_address(mine)), 32), n.my_claim(mine)}
+    # The service range on lo: the node reaches ClusterIPs through kube-proxy's DNAT.
+    assert k.device_routes == {str(n.site.services.range): (k.LO, RTPROT_SERVICES)}
     assert n.overlay.routed == {B1, B2}
     cfg = n.cfg.paths
     assert json.loads(cfg.overlay_state.read_text()) == {"block": str(mine)}
