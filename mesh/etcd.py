@@ -58,9 +58,12 @@ def environment(me: Member, cluster: Mapping[str, str], state: str, data_dir: Pa
         "ETCD_INITIAL_CLUSTER": initial_cluster(cluster),
         "ETCD_INITIAL_CLUSTER_STATE": state,
         "ETCD_INITIAL_CLUSTER_TOKEN": token,
-        # A mesh is a LAN: hearts every 100 ms, a leader lost after 1 s.
-        "ETCD_HEARTBEAT_INTERVAL": "100",
-        "ETCD_ELECTION_TIMEOUT": "1000",
+        # Hearts every 500 ms, a leader lost after 5 s: etcd's LAN default (100 ms)
+        # cost a slow PC (an emulated one, in the VM tests) a sixth of its CPU when
+        # idle, enough to make its BFD sessions flap. A dead leader stalls writes
+        # for 5 s; a dead holder's slot waits for its grace (60 s) anyway.
+        "ETCD_HEARTBEAT_INTERVAL": "500",
+        "ETCD_ELECTION_TIMEOUT": "5000",
     }
 
 
