@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from firstboot.eviction import Eviction
 from firstboot.filter import Filter
 from firstboot.kubecontrol import KubeControlPlane
 from firstboot.kubelet import Kubelet
+from firstboot.light import Light
 from firstboot.node import ConfigError, Frr, Identity, Links, NodeConfig, credential
 from firstboot.ospf import Conflicts, Ospf
 from firstboot.overlay import Overlay, Routes
@@ -102,10 +104,10 @@ class Status(Controller):
                  conflicts: Conflicts, routes: Routes, overlay: Overlay, anycast: Anycast,
                  kubelet: Kubelet, provision: Provision, slots: Slots, etcd: Etcd,
                  kube: KubeControlPlane, admission: Admission, eviction: Eviction,
-                 dns: ClusterDns) -> None:
+                 dns: ClusterDns, light: Callable[[], str] = lambda: "") -> None:
         self.cfg, self.rt, self.provision, self.slots, self.etcd = cfg, rt, provision, slots, etcd
         self.kube, self.admission, self.eviction = kube, admission, eviction
-        self.dns = dns
+        self.dns, self.light = dns, light
         self.links, self.ospf, self.conflicts, self.routes = links, ospf, conflicts, routes
         self.overlay, self.anycast, self.kubelet = overlay, anycast, kubelet
         self.stage = Stage.BOOTING
@@ -161,7 +163,7 @@ class Status(Controller):
             errors=tuple(f"{n}: {e}" for n, e in self.rt.registry.errors().items()),
             unreachable=tuple(sorted(view.unreachable)), overlay=overlay, anycast=anycast,
             kubelet=self.kubelet.state, updated=time.time(), controllers=reports,
-            dns=self.dns.report(),
+            dns=self.dns.report(), light=self.light(),
             forged_claims=tuple(sorted(str(a) for a in ov.forged)),
             provision=self.provision.report(),
             control_plane={**self.slots.report(), "etcd": self.etcd.report(),
@@ -171,8 +173,10 @@ class Status(Controller):
         )
 
     def reconcile(self) -> bool:
+        """Writes the status; True when the stage changed (the light shows it)."""
         st = self.compute()
-        if st.stage != self.stage:
+        changed = st.stage != self.stage
+        if changed:
             log.log(NOTICE, "stage %s -> %s (%d/%d nodes routed)", self.stage, st.stage,
                     st.routes_to, st.known_nodes, extra={"fields": {"stage": str(st.stage)}})
             self.stage = st.stage
@@ -184,7 +188,7 @@ class Status(Controller):
         self.joined = joined
         status.write(st, self.cfg.paths.status)
         self.last = st
-        return False
+        return changed
 
     def line(self) -> str:
         st = self.last
@@ -194,7 +198,7 @@ class Status(Controller):
             f"; {len(st.errors)} errors" if st.errors else "")
 
 
-def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit"
+def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit", light: bool = True
           ) -> tuple[Runtime, Status]:
     """The runtime with every controller, in the order they run."""
     from pyroute2 import IPRoute
@@ -236,8 +240,13 @@ def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit"
     st = Status(cfg, rt, links=links, ospf=ospf, conflicts=conflicts, routes=routes,
                 overlay=overlay, anycast=anycast, kubelet=kubelet, provision=provision,
                 slots=slots, etcd=members, kube=kube, admission=admit, eviction=evict,
-                dns=dns)
+                dns=dns, light=lambda: lamp.report() if lamp else "")
     rt.add(st)
+    # The status light shows what the status says, after it.
+    lamp = Light(lambda: (str(st.stage), len(st.last.conflicts) + len(st.last.forged_claims)
+                          if st.last else 0)) if light else None
+    if lamp is not None:
+        rt.add(lamp)
     return rt, st
 
 
@@ -282,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--join", action="store_true",
                    help="without a site, ask a serving neighbour to join (what a netbooted "
                         "node does on its own)")
+    p.add_argument("--light", choices=("auto", "off"), default="auto",
+                   help="a blink(1) status light, where one is plugged in (auto), or none "
+                        "looked for (off: the lab, whose nodes share the host's USB)")
     p.add_argument("--once", action="store_true", help="one pass, then exit")
     p.add_argument("--debug", action="store_true")
     return p
@@ -309,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     node = cfg.node
     log.info("kubermesh agent: %s %s router-id %s (from %s)", node.hostname, node.loopback,
              node.router_id, cfg.hw, extra={"fields": {"node_id": node.node_id}})
-    rt, st = build(cfg, services, etcd=a.etcd)
+    rt, st = build(cfg, services, etcd=a.etcd, light=a.light == "auto")
     st.resume()
     if a.once:
         rt.run_pass()

@@ -105,6 +105,7 @@ class NodeStatus:
     control_plane: dict[str, Any] = field(default_factory=dict)
     # firstboot.clusterdns.ClusterDns.report(): the node's answers to its pods' queries.
     dns: dict[str, Any] = field(default_factory=dict)
+    light: str = ""  # firstboot.light.Light.report(): what the status light shows
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -193,6 +194,8 @@ def render(s: NodeStatus, now: float | None = None) -> str:
     lines.append(f"kubelet   {s.kubelet}")
     if s.dns:
         lines.append(f"dns       {s.dns.get('state', '')}")
+    if s.light:
+        lines.append(f"light     {s.light}")
     cp = s.control_plane
     if cp:
         mine = f"slot {cp['slot']} of {cp['count']}" if cp.get("slot") is not None else \

@@ -390,7 +390,8 @@ class Lab:
         argv = [sys.executable, "-m", "firstboot.agent", "--site", str(self.dir / "site.toml"),
                 "--state-dir", str(d), "--frr-run-dir", str(d / "run"),
                 "--identity", n.hardware, "--virtual-links", "--no-hostname",
-                "--frr-log", f"file {d}/frr.log informational"]
+                "--frr-log", f"file {d}/frr.log informational",
+                "--light", "off"]  # lab nodes share the host's USB: none claims a light
         # The slot holders' etcd, as children, unless the lab runs its own etcd
         # (`services`): both would listen on the same loopback port.
         argv += ["--etcd", "off" if self.state.services.get("etcd") else "children"]

@@ -6,6 +6,7 @@ used unless a short probe shows KVM really works on this host.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -257,6 +259,22 @@ class VM:
             raise AssertionError(f"{self.name}: `{command}` exited {r.returncode}: "
                                  f"{r.stdout}{r.stderr}")
         return r
+
+    def copy_in(self, files: dict[str, Path], dest: str, timeout: float = 120.0) -> None:
+        """Copy files and directories from the host into dest on the guest, each
+        under its name in `files` (a tar stream over SSH; no __pycache__)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, src in files.items():
+                tar.add(src, arcname=name,
+                        filter=lambda t: None if "__pycache__" in t.name else t)
+        r = subprocess.run(["ssh", "-F", str(self.ssh_config), self.name,
+                            f"mkdir -p {dest} && tar -x -C {dest}"],
+                           input=buf.getvalue(), capture_output=True, timeout=timeout,
+                           check=False)
+        if r.returncode != 0:
+            raise AssertionError(f"{self.name}: copying {', '.join(files)} into {dest}: "
+                                 f"{r.stderr.decode(errors='replace')}")
 
     def _ssh_ready(self) -> bool:
         if not self.alive():

@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -339,3 +340,96 @@ def test_twins_report_the_conflict(late: Guests, line: dict[str, dict[str, Any]]
     finally:
         late.mesh.pull(late.d_twin)
         twin.stop()  # a's double: its CPU is better spent on the later tests
+
+
+# The virtual blink(1) (tests/vm/blink1_device.py) runs in the guest with the image's
+# Python (pyroute2) and hid-tools with what it imports, copied from the test host.
+GUEST_PYTHON = "/usr/lib/kubermesh/bin/python3"
+LIGHT_DIR = "/run/kubermesh-test-light"
+
+
+def _light(vm: VM) -> dict[str, Any]:
+    """What the virtual light shows, and every command it took (its state file)."""
+    out = vm.ssh(f"cat {LIGHT_DIR}/state.json", check=False).stdout
+    state: dict[str, Any] = json.loads(out) if out.strip() else {}
+    return state
+
+
+def _plug_light(vm: VM) -> None:
+    vm.ssh(f"modprobe uhid && systemd-run --unit=kubermesh-test-light --collect "
+           f"-E PYTHONPATH={LIGHT_DIR}/lib {GUEST_PYTHON} {LIGHT_DIR}/blink1_device.py "
+           f"{LIGHT_DIR}/state.json")
+
+
+def _monotonic(vm: VM) -> float:
+    return float(vm.ssh(f"{GUEST_PYTHON} -c 'import time; print(time.monotonic())'").stdout)
+
+
+def test_status_light(late: Guests, line: dict[str, dict[str, Any]]) -> None:
+    """A blink(1) plugged into d (a virtual one, through the kernel's uhid): it shows
+    every stage d passes through, turns red on its own when d's runtime stops, and
+    being pulled out changes nothing else."""
+    import hidtools
+    import parse
+
+    from mesh import light
+
+    d = late.d
+    d.copy_in({"blink1_device.py": Path(__file__).parent / "blink1_device.py",
+               "lib/hidtools": Path(hidtools.__file__).parent,
+               "lib/parse.py": Path(parse.__file__)}, LIGHT_DIR)
+    before = wait_status(d, "d in the mesh", lambda st: st["routes_to"] >= 3)
+    colour = light.STAGE_COLOURS[before["stage"]][1]
+    _plug_light(d)
+    try:
+        st = wait_status(d, "the light found", lambda st: st["light"].startswith("blink(1)"),
+                         120)
+        poll("d's stage on the light", lambda: _light(d).get("colour") == list(colour), 30)
+        assert _light(d)["watchdog"]["armed"] and _light(d)["watchdog"]["ms"] == 10000
+        assert st["light"].endswith(f"({st['stage']})"), st["light"]
+
+        # Pull d's only cable and plug it back: each stage d logs shows on the light.
+        since = _monotonic(d)
+        late.mesh.pull(late.c_d)
+        wait_status(d, "d alone", lambda st: st["stage"] == "booting", 120)
+        late.mesh.plug(late.c_d)
+        again = wait_status(d, "d back in the mesh", lambda st: st["stage"] == before["stage"]
+                            and st["routes_to"] >= 3, 300)
+        poll("d's stage on the light again",
+             lambda: _light(d).get("colour") == list(colour), 30)
+        journal = [json.loads(x) for x in d.ssh(
+            "journalctl -b -t kubermesh-agent -o json --output-fields=KUBERMESH_STAGE"
+        ).stdout.splitlines()]
+        stages = [light.STAGE_COLOURS[j["KUBERMESH_STAGE"]][1] for j in journal
+                  if "KUBERMESH_STAGE" in j and int(j["__MONOTONIC_TIMESTAMP"]) / 1e6 > since]
+        shown = [tuple(x["shows"]) for x in _light(d)["log"]
+                 if "shows" in x and x["t"] > since]
+        names = [light.COLOUR_NAMES[c] for c in shown]
+        assert [c for c, _ in itertools.groupby(stages)] == shown, names
+        assert names[0] == "white" and "orange" in names, names  # cable out; carrier back
+        assert again["light"].startswith("blink(1)")
+
+        # The runtime stopped: the light's own watchdog turns it red, nobody else.
+        pid = unit_state(d, "kubermesh-agent.service")[1]
+        d.ssh(f"kill -STOP {pid}")
+        try:
+            stopped = _monotonic(d)
+            poll("the light red", lambda: _light(d).get("colour") == list(light.RED), 60)
+            red_after = next(x["t"] for x in reversed(_light(d)["log"])
+                             if x.get("why") == "watchdog") - stopped
+            assert red_after <= light.WATCHDOG_SECONDS + 1, red_after
+        finally:
+            d.ssh(f"kill -CONT {pid}")
+        poll("d's stage on the light after the runtime resumed",
+             lambda: _light(d).get("colour") == list(colour) and not _light(d)["playing"], 60)
+
+        # Pulled out: the status says so, nothing else changes.
+        d.ssh("systemctl stop kubermesh-test-light")
+        gone = wait_status(d, "the light unplugged",
+                           lambda st: "unplugged" in st["light"] or "none" in st["light"], 60)
+        assert gone["stage"] == before["stage"], gone
+        assert not any("light" in e for e in gone["errors"]), gone["errors"]
+        assert unit_state(d, "kubermesh-agent.service")[1] == pid  # not restarted
+    finally:
+        d.ssh("systemctl stop kubermesh-test-light", check=False)
+        d.ssh(f"rm -rf {LIGHT_DIR}", check=False)
