@@ -7,7 +7,9 @@ import json
 import os
 import re
 import sys
+import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -197,10 +199,15 @@ def _report_arguments(c: argparse.ArgumentParser) -> None:
                    help="random losses simulated per fraction (default 200)")
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--suggest", type=int, default=3, help="cables to suggest (default 3)")
+    c.add_argument("--svg", type=Path, metavar="FILE",
+                   help="also draw the mesh into FILE: nodes coloured by stage (the status "
+                        "light's colours), single points of failure in red")
 
 
 def _print_report(args: argparse.Namespace, frr_run: Path, router_id: str,
-                  loopback: str) -> None:
+                  loopback: str, stages: Callable[[], dict[str, str]]) -> None:
+    """The report on the mesh as this node's ospf6d sees it; `stages`: the stage of
+    each node, where known (router-id -> stage), for the picture."""
     from ipaddress import IPv6Address
 
     from firstboot.meshreport import live_mesh
@@ -217,6 +224,16 @@ def _print_report(args: argparse.Namespace, frr_run: Path, router_id: str,
                       ) from None
     r = resilience.report(mesh, samples=args.samples, seed=args.seed, suggest=args.suggest)
     print(json.dumps(r, indent=1) if args.json else resilience.words(r))
+    if args.svg is not None:
+        from mesh import picture
+
+        title = (f"{mesh.names.get(router_id, router_id)}'s view: {r['nodes']} nodes, "
+                 f"{r['cables']} cables, {time.strftime('%Y-%m-%d %H:%M')}")
+        try:
+            write_atomic(args.svg, picture.svg(mesh, r, stages(), title, args.seed), 0o644)
+        except OSError as e:
+            raise Failure(f"--svg: cannot write {args.svg}: {e.strerror or e}") from None
+        say(f"picture of the mesh written to {args.svg}")
 
 
 def mesh_report(args: argparse.Namespace) -> None:
@@ -226,13 +243,16 @@ def mesh_report(args: argparse.Namespace) -> None:
                       hint="kubermesh status")
     from firstboot.paths import NodePaths
 
-    _print_report(args, NodePaths().frr_run, st.router_id, st.loopback)
+    # A node knows its own stage; the others' are not in the link-state database.
+    _print_report(args, NodePaths().frr_run, st.router_id, st.loopback,
+                  lambda: {st.router_id: str(st.stage)})
 
 
 def lab_report(args: argparse.Namespace) -> None:
     the_lab = _lab(args)
     n = the_lab.node(args.node)  # a LabError names what is wrong
-    _print_report(args, the_lab.node_dir(n) / "run", n.router_id, n.loopback)
+    _print_report(args, the_lab.node_dir(n) / "run", n.router_id, n.loopback,
+                  lambda: {s.router_id: s.stage for s in the_lab.status() if s.stage})
 
 
 def _read_status(path: Path) -> nodestatus.NodeStatus:

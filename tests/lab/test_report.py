@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -12,6 +14,7 @@ from kubermesh.cli import main
 from tests.lab.conftest import LabFactory
 
 pytestmark = pytest.mark.lab
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def report(name: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -20,7 +23,7 @@ def report(name: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 
 def test_the_report_finds_the_single_points_of_failure_of_a_line_and_a_ring_has_none(
-        make_lab: LabFactory, capsys: pytest.CaptureFixture[str]) -> None:
+        make_lab: LabFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     lab = make_lab("ring:5")
     rid = {i: lab.node(i).router_id for i in range(1, 6)}
     lab.cut(1, 5)  # a line n1 - n2 - n3 - n4 - n5
@@ -45,6 +48,16 @@ def test_the_report_finds_the_single_points_of_failure_of_a_line_and_a_ring_has_
     assert set(r["names"]) == set(rid.values())
     text = report(lab.name, capsys, "--node", "1")
     assert "single points of failure: 3 nodes" in text and "add a cable between" in text
+    # The picture: every node in the colour of the stage its own status gives, the
+    # three inner nodes ringed, the four cables of the line drawn as bridges.
+    picture = tmp_path / "mesh.svg"
+    report(lab.name, capsys, "--node", "1", "--svg", str(picture))
+    svg = ElementTree.parse(picture).getroot()
+    circles = [c for c in svg.iter(SVG + "circle") if "node" in c.get("class", "").split()]
+    stages = {s.router_id: s.stage for s in lab.status()}
+    assert sorted(c.get("data-stage", "") for c in circles) == sorted(stages.values())
+    assert sum("cut" in c.get("class", "").split() for c in circles) == 3
+    assert sum(x.get("class") == "bridge" for x in svg.iter(SVG + "line")) == 4
 
     lab.plug(1, 5)  # a ring again: no single point of failure
     lab.wait_converged(timeout=60)
