@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -184,6 +184,34 @@ def host_limits(nodes: int, cables: int) -> dict[str, int]:
     return need
 
 
+# OSPFv3 and BFD timers a lab holds on this many nodes per host core (every node's
+# daemons share the host's CPUs: at 200 nodes per core, 100 ms BFD packets and
+# 1 s hellos from ~1600 sessions arrive late, sessions flap and never settle).
+# Longer timers hold; the price is detection: a silent death is seen after
+# bfd_interval_ms x bfd_multiplier. A real node is one PC and keeps the site's
+# defaults (hello 1 s, dead 3 s, BFD 100 ms x 3).
+LAB_TIMERS: tuple[tuple[float, dict[str, int]], ...] = (
+    (60, {"hello_interval": 1, "dead_interval": 3, "bfd_interval_ms": 100,
+          "bfd_multiplier": 3}),
+    (110, {"hello_interval": 1, "dead_interval": 4, "bfd_interval_ms": 300,
+           "bfd_multiplier": 3}),
+    (float("inf"), {"hello_interval": 2, "dead_interval": 8, "bfd_interval_ms": 1000,
+                    "bfd_multiplier": 3}),
+)
+
+
+def lab_timers(nodes: int, cores: int) -> dict[str, int]:
+    """The timers a lab of `nodes` on `cores` host cores holds (LAB_TIMERS)."""
+    per_core = nodes / max(cores, 1)
+    return dict(next(t for limit, t in LAB_TIMERS if per_core <= limit))
+
+
+def describe_timers(t: Mapping[str, int]) -> str:
+    return (f"hello {t['hello_interval']} s, dead {t['dead_interval']} s, BFD "
+            f"{t['bfd_interval_ms']} ms x {t['bfd_multiplier']} (a silent death seen after "
+            f"{t['bfd_interval_ms'] * t['bfd_multiplier'] / 1000:g} s)")
+
+
 def raise_host_limits(need: dict[str, int], progress: Callable[[str], None],
                       root: Path = SYSCTL) -> dict[str, tuple[int, int]]:
     """Raise (never lower) each limit below what is needed; say so. Returns what
@@ -293,9 +321,21 @@ class Lab:
         self.dir.mkdir(parents=True, mode=0o711)
         try:
             site_path = self.dir / "site.toml"
+            cores = os.cpu_count() or 1
+            chosen = lab_timers(topo.nodes, cores)
             write_atomic(site_path, site_file.read_text() if site_file  # its secrets: 0600
-                         else new_site_toml(f"lab-{self.name}"), 0o600)
+                         else new_site_toml(f"lab-{self.name}", timers=chosen), 0o600)
             site = load_site(site_path)
+            have = {k: getattr(site.mesh, k) for k in chosen}
+            if site_file is None:
+                progress(f"timers for {topo.nodes} nodes on {cores} cores: "
+                         f"{describe_timers(have)} (--site FILE to choose others)")
+            else:
+                progress(f"timers from {site_file}: {describe_timers(have)}")
+                if have["bfd_interval_ms"] < chosen["bfd_interval_ms"]:
+                    progress(f"  these may not hold with {topo.nodes} nodes on {cores} cores "
+                             f"(sessions flap when packets arrive late); the lab would "
+                             f"choose {describe_timers(chosen)}")
             self._state = self._plan(topo, site, twins or {})
             self._state.agent = agent
             self._state.services = self._check_services(services or {}, site, agent)

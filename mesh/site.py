@@ -586,14 +586,21 @@ def certificate_der(pem: str) -> bytes:
 
 
 def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE,
-                  service_range: IPv4Network = DEFAULT_SERVICE_RANGE) -> str:
-    """A fresh, commented site file with random ULA and secrets."""
+                  service_range: IPv4Network = DEFAULT_SERVICE_RANGE,
+                  timers: Mapping[str, int] | None = None) -> str:
+    """A fresh, commented site file with random ULA and secrets; `timers` overrides
+    some of [mesh]'s hello_interval, dead_interval, bfd_interval_ms, bfd_multiplier."""
     ula = random_ula()
     anycast = plan.anycast_subnet(ula)
     key = _random_string(32, OSPF_KEY_ALPHABET)
     boot_key, boot_cert = new_boot_key(name)
     ca_key, ca_cert = new_cluster_ca(name)
     d = {k: v for k, (_, v) in SCHEMA["mesh"].items()}
+    unknown = set(timers or {}) - {"hello_interval", "dead_interval", "bfd_interval_ms",
+                                   "bfd_multiplier"}
+    if unknown:
+        raise ValueError(f"not a timer of [mesh]: {', '.join(sorted(unknown))}")
+    d.update(timers or {})
     return f"""\
 # Kubermesh site: one warehouse, one cluster. Created by `kubermesh site init`.
 # Check it with `kubermesh site check FILE`; bake it into an image with

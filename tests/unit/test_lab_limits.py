@@ -50,3 +50,25 @@ def test_a_limit_that_cannot_be_raised_is_refused_by_name(tmp_path: Path) -> Non
         raise_host_limits({"net.ipv6.neigh.default.gc_thresh3": have + 1}, print, tmp_path)
     with pytest.raises(LabError, match=r"cannot read kernel\.pid_max"):
         raise_host_limits({"kernel.pid_max": 1}, print, tmp_path)
+
+
+def test_the_lab_chooses_timers_that_hold_at_its_size() -> None:
+    from lab.netns import describe_timers, lab_timers
+    from mesh.site import parse_site
+
+    small, mid, big = lab_timers(30, 2), lab_timers(200, 2), lab_timers(400, 2)
+    assert small == {"hello_interval": 1, "dead_interval": 3, "bfd_interval_ms": 100,
+                     "bfd_multiplier": 3}  # the site's defaults
+    assert small["bfd_interval_ms"] < mid["bfd_interval_ms"] < big["bfd_interval_ms"]
+    assert lab_timers(400, 4) == mid and lab_timers(400, 8) == small  # more cores: faster
+    assert describe_timers(big) == ("hello 2 s, dead 8 s, BFD 1000 ms x 3 (a silent death "
+                                    "seen after 3 s)")
+    # Each is a valid site: a fresh site file carries them.
+    import tomllib
+
+    from mesh.site import new_site_toml
+    for t in (small, mid, big):
+        site = parse_site(tomllib.loads(new_site_toml("t", timers=t)))
+        assert {k: getattr(site.mesh, k) for k in t} == t
+    with pytest.raises(ValueError, match="not a timer of \\[mesh\\]: hello"):
+        new_site_toml("t", timers={"hello": 1})
