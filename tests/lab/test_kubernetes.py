@@ -368,3 +368,81 @@ def service_names_resolve(lab: Lab, client: int, site: Site, cluster_ip: str) ->
         "kubernetes.default.svc.cluster.local") == ("NOERROR", [cluster_ip]) else ["not yet"],
         timeout=30)
     assert ask("nothing.default.svc.cluster.local") == ("NXDOMAIN", [])
+
+
+def register_ready(lab: Lab, via: int, admin: Path, name: str) -> None:
+    """A Node object, Ready, as its kubelet would post it (with the admin's rights)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True",
+                                        "reason": "KubeletReady", "lastHeartbeatTime": now,
+                                        "lastTransitionTime": now}]}}
+    lab.exec(via, [sys.executable, "-c", "import json, sys; from kubernetes import client, "
+                   "config; config.load_kube_config(sys.argv[1]); api = client.CoreV1Api(); "
+                   "api.create_node(json.loads(sys.argv[3])); "
+                   "api.patch_node_status(sys.argv[2], json.loads(sys.argv[4]))",
+                   str(admin), name, json.dumps(node), json.dumps(ready)], timeout=60)
+
+
+def test_a_partition_without_etcd_quorum_evicts_nothing(make_lab: LabFactory, kube_bin: Path,
+                                                        tmp_path: Path) -> None:
+    """One slot holder and a neighbour are cut off from the rest of the mesh. Each
+    side loses the other from its SPF tree; only the side with etcd's quorum (two
+    of the three members) marks the other side's nodes unreachable. The cut-off
+    holder's eviction controller cannot write through its etcd member, so the
+    nodes it lost stay as they were."""
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(new_site_toml("kube").replace("grace = 60", f"grace = {GRACE}"))
+    site_file.chmod(0o600)
+    site = load_site(site_file)
+    lab = make_lab("grid:3x3", site_file=site_file, agent=True, kubernetes=kube_bin)
+    topo = lab.state.topology
+    nodes = [n.index for n in lab.state.nodes]
+    holders = lowest_router_ids(lab, nodes, 3)
+    wait_for("the control plane running on the three slot holders", lambda: [
+        f"n{i}: {s or 'no status'}" for i, s in kube_states(lab).items()
+        if (s == "running") != (i in holders)], timeout=240)
+    # The minority: a holder and a neighbour without a slot; the rest stays in one piece.
+    minority = next((h, n) for h in holders for n in sorted(topo.distances(h))
+                    if topo.distances(h)[n] == 1 and n not in holders
+                    and len(topo.without(dead=[h, n]).distances(
+                        next(i for i in nodes if i not in (h, n))))
+                    == topo.nodes - 2)
+    majority = [i for i in nodes if i not in minority]
+    watcher = next(i for i in majority if i not in holders)
+    conf = tmp_path / "admin.conf"
+    conf.write_text(pki.admin_kubeconfig(
+        site, f"https://[{site.anycast['apiserver']}]:{APISERVER_PORT}"))
+    conf.chmod(0o600)
+    wait_for("the apiserver's anycast address to answer kubectl", lambda: [] if kubectl(
+        lab, watcher, kube_bin, conf, "get", "--raw", "/readyz", check=False) == "ok"
+        else ["not ready"], timeout=60)
+    # Nodes on both sides, Ready: what either side could mark unreachable.
+    names = {i: lab.node(i).hostname for i in nodes}
+    for i in (*majority[:3], minority[1]):
+        register_ready(lab, watcher, conf, names[i])
+
+    for a, b in topo.edges:
+        if (a in minority) != (b in minority):
+            lab.cut(a, b)
+    cut = time.monotonic()
+
+    def node(name: str) -> dict[str, Any]:
+        out = kubectl(lab, watcher, kube_bin, conf, "get", "node", name, "-o", "json",
+                      check=False)
+        return json.loads(out) if out else {}
+
+    # The majority (two of etcd's three members) marks the cut-off worker at once...
+    took = wait_for("the cut-off worker marked unreachable by the majority",
+                    lambda: [] if eviction.is_marked(node(names[minority[1]]))
+                    else [names[minority[1]]], timeout=30)
+    print(f"\nthe majority marked the cut-off worker unreachable {took:.1f} s after the cut")
+    # ...and the cut-off holder, which lost all of the majority's nodes, marks none of
+    # them, however long it tries: give it as long again, and more.
+    time.sleep(max(0.0, 2 * took + 10 - (time.monotonic() - cut)))
+    st = json.loads(lab.status_file(minority[0]).read_text())
+    assert st["unreachable"], "the cut-off holder still reaches the majority"
+    marked = [names[i] for i in majority[:3] if eviction.is_marked(node(names[i]))]
+    assert marked == [], f"the side without quorum marked {marked} unreachable"
+    kube = st["control_plane"].get("kubernetes", {})
+    assert not kube.get("marked_unreachable"), kube
