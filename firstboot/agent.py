@@ -221,7 +221,9 @@ def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit", light: b
         apiserver in anycast.announced or apiserver in routes.table))
     frr = Frr(cfg, links, lambda: sum(vty.up(d) for d in FRR_DAEMONS))
     provision = Provision(cfg, links, ospf, ipr)
-    slots = Slots(cfg, ipr, routes, ospf)
+    # Nodes that can run the Kubernetes control plane take free slots first.
+    slots = Slots(cfg, ipr, routes, ospf, candidate=etcd != "off"
+                  and kubecontrol.cannot_run(cfg) is None)
     members = Etcd(cfg, slots, ospf, etcd_member.child_runner(cfg) if etcd == "children"
                    else etcd_member.unit_runner(cfg) if etcd == "unit" else None)
     # The control plane runs as etcd does: units on a node, children in the lab.

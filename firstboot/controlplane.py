@@ -42,8 +42,12 @@ class Slots(Controller):
     period = 5.0
 
     def __init__(self, cfg: NodeConfig, ipr: Any, routes: Routes, ospf: Ospf,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, candidate: bool = False) -> None:
+        """`candidate`: this node can run the Kubernetes control plane (it says so in
+        the mesh, and candidates take free slots first)."""
         self.cfg, self.ipr, self.routes, self.ospf, self.clock = cfg, ipr, routes, ospf, clock
+        self.candidate = candidate
+        self.candidates: frozenset[IPv4Address] = frozenset()  # the others that say so
         self.ula = cfg.site.mesh.ula
         self.settings = cfg.site.control_plane
         self.subnet = controlplane.slot_subnet(self.ula)
@@ -106,6 +110,12 @@ class Slots(Controller):
                   and (c := controlplane.parse_claim(self.ula, self.settings.count, a))
                   is not None and c.owner != self.me}
         counted, forged = valid_claims(claims, self.ospf.view.advertisers)
+        # Candidates count, as claims do, only where their owner advertises them.
+        advertisers = self.ospf.view.advertisers
+        self.candidates = frozenset(
+            o for a in self.routes.table if a in self.subnet
+            and (o := controlplane.parse_candidate(self.ula, a)) is not None and o != self.me
+            and str(o) in advertisers.get(a, ()))
         for addr in forged.keys() - self.forged.keys():
             log.warning("ignoring control-plane claim %s on slot %d: it embeds router-id %s "
                         "but is advertised by %s", addr, forged[addr].slot, forged[addr].owner,
@@ -128,6 +138,8 @@ class Slots(Controller):
                 self._apply_address()
         elif self.slot is None and now - self.started < SETTLE and (
                 self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
+            if not self.addresses_ok:
+                self._apply_address()  # a candidate says so at once: others are settling
             return False  # others' claims are not all known yet
         view = self.ospf.view
         routers = {IPv4Address(r) for r in view.in_db & view.reachable}
@@ -150,7 +162,8 @@ class Slots(Controller):
         slot = controlplane.choose_slot(
             self.me, self.settings.count,
             (claims if self.slot is None else counted).values(), self.slot, routers,
-            self.allowed, claimable, self.term)
+            self.allowed, claimable, self.term,
+            self.candidates | ({self.me} if self.candidate else set()))
         if self.returning and slot != self.slot:
             rival = controlplane.holders(counted.values()).get(self.slot or 0)
             log.warning("control-plane slot %s was taken over by router-id %s while this "
@@ -191,6 +204,8 @@ class Slots(Controller):
                 for a in self.ipr.get_addr(index=lo, family=socket.AF_INET6)}
         want = ({controlplane.claim_address(self.ula, SlotClaim(self.slot, self.me, self.term))}
                 if self.slot is not None else set())
+        if self.candidate:
+            want.add(controlplane.candidate_address(self.ula, self.me))
         for a in sorted(want - have):
             self.ipr.addr("add", index=lo, address=str(a), prefixlen=128)
         for a in sorted(a for a in have - want if a in self.subnet):
@@ -214,4 +229,7 @@ class Slots(Controller):
             "vacated": {str(s): round(grace - (now - t), 1) for s, t in
                         sorted(self.seen_held.items()) if s not in held and now - t < grace},
             "forged": sorted(str(a) for a in self.forged),
+            # Nodes that can run the control plane, this one included if it can.
+            "candidates": sorted(str(r) for r in self.candidates
+                                 | ({self.me} if self.candidate else set())),
         }

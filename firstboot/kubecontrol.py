@@ -45,6 +45,14 @@ def child_runners(cfg: NodeConfig) -> dict[str, Runner]:
             for c in COMPONENTS}
 
 
+def cannot_run(cfg: NodeConfig) -> str | None:
+    """Why this node cannot run the control plane (binaries, size), or None."""
+    missing = [c for c in COMPONENTS if not (cfg.paths.kube_bin_dir / c).exists()]
+    if missing:
+        return f"not installed ({cfg.paths.kube_bin_dir / missing[0]})"
+    return kubecontrol.too_small(*KubeControlPlane.capacity())
+
+
 class KubeControlPlane(Controller):
     name = "kube-control-plane"
     after = ("control-plane", "etcd", "overlay")
@@ -89,12 +97,9 @@ class KubeControlPlane(Controller):
             if pki_dir.exists():
                 shutil.rmtree(pki_dir)
             return "no slot"
-        missing = [c for c in COMPONENTS if not (self.cfg.paths.kube_bin_dir / c).exists()]
-        if missing:
-            return f"not installed ({self.cfg.paths.kube_bin_dir / missing[0]})"
-        small = kubecontrol.too_small(*self.capacity())
-        if small:
-            return small
+        why = cannot_run(self.cfg)
+        if why:
+            return why
         if self.etcd.state != "running" and not self.started:
             return f"waiting for etcd ({self.etcd.state})"
         if self.overlay.block is None:

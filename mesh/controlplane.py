@@ -19,7 +19,12 @@ so a former holder that comes back later (its term older) leaves it there.
 
 Who takes a free slot: the nodes that may hold one and hold none, in router-id
 order, take the free slots in slot order; so every node, seeing the same mesh,
-reaches the same answer, and a cold start settles without a contest. A slot
+reaches the same answer, and a cold start settles without a contest. Nodes that
+can run the control plane (its binaries installed, the CPUs and memory kubeadm
+asks for) announce themselves as candidates, a /128 in the same subnet with slot
+CANDIDATE_SLOT, and go first: a small PC takes a slot only when too few
+candidates wait (etcd then runs there, and the status says the control plane
+does not). A small holder keeps its slot until it leaves: no takeover churn. A slot
 that was held and is no longer (its holder is gone from the mesh) waits
 `control_plane.grace` seconds first: a holder that reboots comes back to its
 slot (it remembers it) instead of being replaced.
@@ -50,6 +55,7 @@ class SlotClaim:
 
 
 MAX_TERM = 0xFFFF
+CANDIDATE_SLOT = 0xFFFF  # the slot field of a candidate's /128: "could run it"
 
 
 def slot_subnet(ula: IPv6Network) -> IPv6Network:
@@ -70,6 +76,23 @@ def parse_claim(ula: IPv6Network, count: int, addr: IPv6Address) -> SlotClaim | 
     if slot >= count or int(owner) in (0, 0xFFFFFFFF):
         return None
     return SlotClaim(slot, owner, term)
+
+
+def candidate_address(ula: IPv6Network, owner: IPv4Address) -> IPv6Address:
+    """The /128 by which `owner` says it can run the control plane."""
+    return IPv6Address(int(slot_subnet(ula).network_address) | (CANDIDATE_SLOT << 32)
+                       | int(owner))
+
+
+def parse_candidate(ula: IPv6Network, addr: IPv6Address) -> IPv4Address | None:
+    """The router-id a candidate's /128 names, or None if it is not one."""
+    if addr not in slot_subnet(ula):
+        return None
+    iid = int(addr) & ((1 << 64) - 1)
+    owner = iid & 0xFFFFFFFF
+    if iid >> 32 != CANDIDATE_SLOT or owner in (0, 0xFFFFFFFF):
+        return None
+    return IPv4Address(owner)
 
 
 def keepers(claims: Iterable[SlotClaim]) -> dict[int, SlotClaim]:
@@ -98,13 +121,15 @@ def choose_slot(me: IPv4Address, count: int, others: Iterable[SlotClaim],
                 current: int | None, routers: Iterable[IPv4Address],
                 allowed: frozenset[IPv4Address] | None,
                 claimable: Callable[[int], bool] = lambda slot: True,
-                term: int = 0) -> int | None:
+                term: int = 0, preferred: frozenset[IPv4Address] = frozenset()
+                ) -> int | None:
     """The slot this node should hold, or None.
 
     `others`: the other nodes' claims; `current`: this node's slot (also one
     remembered across a reboot) in `term`; `routers`: the router-ids this node
     reaches; `allowed`: who may hold a slot (None: anyone); `claimable(slot)`:
-    whether a free slot may be taken now (False while a vacated slot's grace runs).
+    whether a free slot may be taken now (False while a vacated slot's grace runs);
+    `preferred`: the candidates (this node too, if it is one), who go first.
     """
     if allowed is not None and me not in allowed:
         return None  # also when it held one: the site no longer lists this PC
@@ -115,6 +140,7 @@ def choose_slot(me: IPv4Address, count: int, others: Iterable[SlotClaim],
             return current
     free = [s for s in range(count) if s not in held and claimable(s)]
     taken_by = set(held.values())
-    waiting = sorted({r for r in routers if allowed is None or r in allowed} - taken_by | {me})
+    waiting = sorted({r for r in routers if allowed is None or r in allowed} - taken_by | {me},
+                     key=lambda r: (r not in preferred, int(r)))
     rank = waiting.index(me)
     return free[rank] if rank < len(free) else None

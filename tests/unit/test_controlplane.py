@@ -32,6 +32,22 @@ def test_a_cold_start_gives_the_slots_to_the_lowest_router_ids_without_a_contest
     assert got == {R[0]: 0, R[1]: 1, R[2]: 2, R[3]: None, R[4]: None, R[5]: None, R[6]: None}
 
 
+def test_nodes_that_can_run_the_control_plane_go_first() -> None:
+    """R[4] and R[6] announce themselves as candidates: they take two of the three
+    slots; of the rest, the lowest router-id takes the third. No candidates: as before."""
+    cands = frozenset({R[4], R[6]})
+    got = {me: choose_slot(me, 3, [], None, set(R) - {me}, None, preferred=cands) for me in R}
+    assert got == {R[4]: 0, R[6]: 1, R[0]: 2, R[1]: None, R[2]: None, R[3]: None, R[5]: None}
+    # A small holder keeps its slot when a candidate appears later: no churn.
+    assert choose_slot(R[0], 3, [], 2, set(R), None, preferred=cands) == 2
+    addr = controlplane.candidate_address(ULA, R[4])
+    assert addr == IPv6Address("fd12:3456:789a:3:0:ffff:a00:5")
+    assert controlplane.parse_candidate(ULA, addr) == R[4]
+    assert controlplane.parse_claim(ULA, 7, addr) is None  # a candidate holds no slot
+    assert controlplane.parse_candidate(ULA, controlplane.claim_address(
+        ULA, SlotClaim(0, R[4]))) is None
+
+
 def test_a_holder_keeps_its_slot_unless_a_lower_router_id_holds_it_too() -> None:
     # R[5] remembered slot 0 across a reboot; nobody else holds it: it keeps it.
     assert choose_slot(R[5], 3, [], 0, set(R), None) == 0

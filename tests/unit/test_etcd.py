@@ -172,3 +172,25 @@ def test_a_holder_whose_data_is_gone_is_removed_and_added_again(
     assert ("cluster/member/add", {"peerURLs": [e.me.peer_url]}) in calls
     assert runner.env is not None and runner.env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
     assert not (e.cfg.paths.etcd_data / "member" / "snap").exists()  # begun afresh
+
+
+def test_a_candidate_announces_itself_and_counts_only_others_that_advertise_theirs(
+        tmp_path: Path) -> None:
+    from mesh import controlplane
+
+    cfg = node_config(tmp_path, router_id=IPv4Address("10.0.0.9"))
+    kernel = Kernel()
+    ospf = idle_ospf(cfg, tmp_path)
+    routes = Routes(cfg, kernel)
+    slots = Slots(cfg, kernel, routes, ospf, candidate=True)
+    ula = cfg.site.mesh.ula
+    mine = controlplane.candidate_address(ula, IPv4Address("10.0.0.9"))
+    theirs = controlplane.candidate_address(ula, IPv4Address("10.0.0.2"))
+    forged = controlplane.candidate_address(ula, IPv4Address("10.0.0.3"))
+    routes.table = {theirs: [], forged: []}
+    ospf.view = OspfView(advertisers={theirs: frozenset({"10.0.0.2"}),
+                                      forged: frozenset({"10.0.0.4"})})
+    slots.reconcile()
+    assert (str(mine), 128) in kernel.addrs  # announced on lo, with or without a slot
+    assert slots.candidates == frozenset({IPv4Address("10.0.0.2")})
+    assert slots.report()["candidates"] == ["10.0.0.2", "10.0.0.9"]
