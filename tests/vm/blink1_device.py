@@ -108,6 +108,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     dev = Blink1(state_file)
     dev.create_kernel_device()
+    deadline = time.monotonic() + 30
+    while not dev._ready and time.monotonic() < deadline:
+        # hid-tools waits for the device's uevent a few times only; on a slow guest
+        # the kernel may take longer: the device in sysfs is as good.
+        if any(f"HID_UNIQ={dev.uniq}" in u.read_text()
+               for u in Path("/sys/bus/hid/devices").glob("*/uevent")):
+            dev._ready = True
+        time.sleep(0.1)
+    if not dev._ready:
+        raise SystemExit("the kernel made no HID device of the virtual blink(1) in 30 s")
     dev.save()
     while not stop:
         UHIDDevice.dispatch(100)

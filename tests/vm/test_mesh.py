@@ -374,19 +374,28 @@ def test_status_light(late: Guests, line: dict[str, dict[str, Any]]) -> None:
 
     from mesh import light
 
+    def source(module: Any) -> tuple[str, Path]:
+        """A module's file, or its package's directory, as it goes under lib/."""
+        f = Path(module.__file__)
+        return (f"lib/{f.parent.name}", f.parent) if f.name == "__init__.py" \
+            else (f"lib/{f.name}", f)
+
     d = late.d
     d.copy_in({"blink1_device.py": Path(__file__).parent / "blink1_device.py",
-               "lib/hidtools": Path(hidtools.__file__).parent,
-               "lib/parse.py": Path(parse.__file__)}, LIGHT_DIR)
+               **dict(source(m) for m in (hidtools, parse))}, LIGHT_DIR)
+    def shows_the_stage() -> dict[str, Any] | None:
+        st = status(d)
+        want = list(light.STAGE_COLOURS[st["stage"]][1])
+        return st if _light(d).get("colour") == want and st["light"].endswith(
+            f"({st['stage']})") else None
+
     before = wait_status(d, "d in the mesh", lambda st: st["routes_to"] >= 3)
-    colour = light.STAGE_COLOURS[before["stage"]][1]
     _plug_light(d)
     try:
-        st = wait_status(d, "the light found", lambda st: st["light"].startswith("blink(1)"),
-                         120)
-        poll("d's stage on the light", lambda: _light(d).get("colour") == list(colour), 30)
+        wait_status(d, "the light found", lambda st: st["light"].startswith("blink(1)"), 120)
+        before = poll("d's stage on the light", shows_the_stage, 60)
+        colour = light.STAGE_COLOURS[before["stage"]][1]
         assert _light(d)["watchdog"]["armed"] and _light(d)["watchdog"]["ms"] == 10000
-        assert st["light"].endswith(f"({st['stage']})"), st["light"]
 
         # Pull d's only cable and plug it back: each stage d logs shows on the light.
         since = _monotonic(d)
