@@ -28,11 +28,19 @@ pytestmark = pytest.mark.vm
 @pytest.fixture(scope="module", autouse=True)
 def _cores_for_netboot(guests: Guests) -> None:
     """Only a, b and c (the control-plane slot holders: etcd keeps its quorum) run
-    beside the diskless PCs. Two host cores emulating seven guests starved them all:
-    a's hellos went out 1.6 s late, its adjacency flapped, and a download stalled
-    past the firmware's 5 s response timeout. d and the twin served the mesh tests."""
+    beside the diskless PCs, and only once a no longer fights its twin's LSAs.
+    Two host cores emulating seven guests starved them all: a's hellos went out
+    1.6 s late, its adjacency flapped, and a download stalled past the firmware's
+    5 s response timeout. With the twin stopped, a's conflict (the twin's Router-LSAs
+    with a's router-id) lasted 140 s more, its a-b adjacency kept flapping and a
+    froze for 6 s mid-download. d and the twin served the mesh tests."""
     for vm in (guests.d, guests.twin):
         vm.stop()
+    for vm in (guests.a, guests.b):
+        vm.wait_ssh()
+        wait_status(vm, "settled: no identity conflict, every node routed", lambda st: (
+            not st["conflicts"] and st["known_nodes"] > 0
+            and st["routes_to"] == st["known_nodes"]), 600)
 
 
 def _journal_seconds(vm: VM, message: str) -> float | None:
