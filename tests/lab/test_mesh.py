@@ -64,8 +64,11 @@ def test_converges_and_pings(make_lab: LabFactory, spec: str) -> None:
 
 def test_ecmp_paths_are_installed(make_lab: LabFactory) -> None:
     lab = make_lab("ring:4")
-    # n1 and n3 are two hops apart both ways round: two next hops.
-    hops = lab.routes(1)[IPv6Address(lab.node(3).loopback)]
+    # n1 and n3 are two hops apart both ways round: two next hops. Converged means
+    # routed: the second equal path may reach the kernel a moment after the first.
+    n3 = IPv6Address(lab.node(3).loopback)
+    wait_for("both paths from n1 to n3", lambda: len(lab.routes(1).get(n3, [])) == 2, 20)
+    hops = lab.routes(1)[n3]
     assert sorted(dev for _, dev in hops) == ["m2", "m4"]
     assert all(via.startswith("fe80:") for via, _ in hops)
 

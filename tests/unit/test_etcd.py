@@ -187,7 +187,7 @@ def test_a_candidate_announces_itself_and_counts_only_others_that_advertise_thei
     mine = controlplane.candidate_address(ula, IPv4Address("10.0.0.9"))
     theirs = controlplane.candidate_address(ula, IPv4Address("10.0.0.2"))
     forged = controlplane.candidate_address(ula, IPv4Address("10.0.0.3"))
-    routes.table = {theirs: [], forged: []}
+    routes.table = {theirs: (), forged: ()}
     ospf.view = OspfView(advertisers={theirs: frozenset({"10.0.0.2"}),
                                       forged: frozenset({"10.0.0.4"})})
     slots.reconcile()
