@@ -264,8 +264,10 @@ def test_dead_daemons_come_back(guests: Guests, line: dict[str, dict[str, Any]])
 
     _, _, after = poll("systemd to restart c's agent", restarted, 600, every=3)
     assert after == restarts + 1
+    # READY=1 comes once FRR's configuration is written, maybe before the new
+    # agent's first status: until then the file is the old agent's.
     st = wait_status(c, "a status written by the new agent, routing to a and b",
-                     routes_all(others), 300)
+                     lambda st: st["updated"] > killed_at and routes_all(others)(st), 300)
     written = float(c.ssh("stat -c %.9Y /run/kubermesh/status.json").stdout)
     assert written > killed_at
     assert st["loopback"] == line["c"]["loopback"], st
