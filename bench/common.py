@@ -25,7 +25,7 @@ def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = N
     """A fresh site, with the BFD timers or the control-plane grace changed if asked."""
     text = new_site_toml("bench")
     if grace is not None:
-        text = text.replace("grace = 60", f"grace = {grace}")
+        text = text.replace("grace = 300", f"grace = {grace}")
     if bfd_interval_ms is not None:
         text = text.replace("bfd_interval_ms = 100", f"bfd_interval_ms = {bfd_interval_ms}")
     if bfd_multiplier is not None:

@@ -61,7 +61,7 @@ def environment(me: Member, cluster: Mapping[str, str], state: str, data_dir: Pa
         # Hearts every 500 ms, a leader lost after 5 s: etcd's LAN default (100 ms)
         # cost a slow PC (an emulated one, in the VM tests) a sixth of its CPU when
         # idle, enough to make its BFD sessions flap. A dead leader stalls writes
-        # for 5 s; a dead holder's slot waits for its grace (60 s) anyway.
+        # for 5 s; a dead holder's slot waits for its grace (300 s by default) anyway.
         "ETCD_HEARTBEAT_INTERVAL": "500",
         "ETCD_ELECTION_TIMEOUT": "5000",
     }

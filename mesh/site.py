@@ -96,7 +96,10 @@ class ControlPlaneSettings:
     ca_certificate: str  # PEM: the cluster CA, whose key is secrets.cluster_ca_key
     count: int = 3  # control-plane slots: etcd members and apiservers
     nodes: tuple[plan.HardwareIdentity, ...] = ()  # only these may hold one (empty: any)
-    grace: int = 60  # seconds a vacated slot waits for its holder before another takes it
+    # Seconds a vacated slot waits for its holder before another takes it: a PC's
+    # reboot (firmware included) comes back within it; replacing an etcd member is not
+    # free, and Kubernetes itself waits 300 s before it evicts a lost node's pods.
+    grace: int = 300
 
 
 @dataclass(frozen=True)
@@ -639,7 +642,7 @@ etcd = "{anycast.network_address + 2}"
 # needs a majority). Nodes take these slots themselves; when a holder stays
 # unreachable for `grace` seconds, another node takes its slot.
 count = 3
-grace = 60
+grace = 300
 # Only these PCs may hold a slot (hardware identities as `kubermesh status`
 # shows them, e.g. "dmi:4c4c4544-…"); empty: any node.
 nodes = []

@@ -36,7 +36,7 @@ def wait_for(what: str, problems: Callable[[], list[str]], timeout: float) -> fl
 @pytest.fixture
 def site_file(tmp_path: Path) -> Path:
     f = tmp_path / "site.toml"
-    f.write_text(new_site_toml("slots").replace("grace = 60", f"grace = {GRACE}"))
+    f.write_text(new_site_toml("slots").replace("grace = 300", f"grace = {GRACE}"))
     f.chmod(0o600)
     return f
 

@@ -65,7 +65,7 @@ def kubectl(lab: Lab, ref: int, kube_bin: Path, kubeconfig: Path, *args: str,
 def test_slot_holders_serve_the_apiserver_behind_its_anycast_address_and_admit_kubelets(
         make_lab: LabFactory, kube_bin: Path, tmp_path: Path) -> None:
     site_file = tmp_path / "site.toml"
-    site_file.write_text(new_site_toml("kube").replace("grace = 60", f"grace = {GRACE}"))
+    site_file.write_text(new_site_toml("kube").replace("grace = 300", f"grace = {GRACE}"))
     site_file.chmod(0o600)
     site = load_site(site_file)
     lab = make_lab("grid:3x3", site_file=site_file, agent=True, kubernetes=kube_bin)
@@ -392,7 +392,7 @@ def test_a_partition_without_etcd_quorum_evicts_nothing(make_lab: LabFactory, ku
     holder's eviction controller cannot write through its etcd member, so the
     nodes it lost stay as they were."""
     site_file = tmp_path / "site.toml"
-    site_file.write_text(new_site_toml("kube").replace("grace = 60", f"grace = {GRACE}"))
+    site_file.write_text(new_site_toml("kube").replace("grace = 300", f"grace = {GRACE}"))
     site_file.chmod(0o600)
     site = load_site(site_file)
     lab = make_lab("grid:3x3", site_file=site_file, agent=True, kubernetes=kube_bin)

@@ -97,7 +97,7 @@ def test_the_site_says_how_many_slots_and_who_may_hold_them() -> None:
     text = new_site_toml("w1")
     site = parse_site(tomllib.loads(text))
     assert (site.control_plane.count, site.control_plane.nodes,
-            site.control_plane.grace) == (3, (), 60)
+            site.control_plane.grace) == (3, (), 300)
     assert controlplane.eligible(site) is None
     ids = ["dmi:4c4c4544-0042-3510-8052-b3c04f4a3732", "mac:52:54:00:12:34:56",
            "MAC:52:54:00:12:34:57"]
