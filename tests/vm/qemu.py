@@ -143,6 +143,7 @@ class VM:
         self.accel = accel
         self.port = free_port()
         self.console = workdir / f"{name}.console.log"
+        self.console_offset = 0  # where the console of the latest power-on begins
         self.proc: subprocess.Popen[bytes] | None = None
         self.ssh_config = workdir / f"{name}.ssh_config"
         self.ssh_config.write_text(
@@ -205,7 +206,9 @@ class VM:
             "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}{rom}",
             "-device", "virtio-rng-pci",
-            "-serial", f"file:{self.console}",
+            # Appended to: a guest powered on again keeps its earlier boots' lines.
+            "-chardev", f"file,id=serial,path={self.console},append=on",
+            "-serial", "chardev:serial",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
         ]
         if self.disk is not None:
@@ -231,6 +234,7 @@ class VM:
         unplugged = [n.netdev for n in self.nics if not n.plugged]
         if unplugged:
             cmd.append("-S")  # held until those cables are out
+        self.console_offset = self.console.stat().st_size if self.console.exists() else 0
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=(self.dir / f"{self.name}.qemu.log").open("wb"),
                                      start_new_session=True)
@@ -336,6 +340,15 @@ class VM:
         """The serial console so far ("" before QEMU has opened it)."""
         try:
             return self.console.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_since_start(self) -> str:
+        """The serial console since this VM was last powered on."""
+        try:
+            with self.console.open("rb") as f:
+                f.seek(self.console_offset)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
