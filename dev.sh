@@ -29,7 +29,7 @@ say() { printf '‣ %s\n' "$*" >&2; }
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
-    echo "dev.sh: this needs root (network namespaces, FRR, image builds): run it with sudo" >&2
+    echo "dev.sh: this needs root (network namespaces, FRR, image builds): run it as root (e.g. with sudo)" >&2
     exit 1
   fi
 }
