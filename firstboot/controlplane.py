@@ -62,6 +62,7 @@ class Slots(Controller):
         self.claims: dict[IPv6Address, SlotClaim] = {}  # others' counted claims
         self.forged: dict[IPv6Address, SlotClaim] = {}
         self.addresses_ok = False
+        self.impostor: list[SlotClaim] = []  # claims with this router-id not made here
 
     def wants(self, msg: Any) -> bool:
         return bool(msg.get("event") == "RTM_DELADDR")  # our claim removed by hand
@@ -106,9 +107,23 @@ class Slots(Controller):
     def reconcile(self) -> bool:
         now = self.clock()
         before = (self.slot, tuple(sorted(self.holders().items())), len(self.forged))
-        claims = {a: c for a in self.routes.table if a in self.subnet
+        parsed = {a: c for a in self.routes.table if a in self.subnet
                   and (c := controlplane.parse_claim(self.ula, self.settings.count, a))
-                  is not None and c.owner != self.me}
+                  is not None}
+        claims = {a: c for a, c in parsed.items() if c.owner != self.me}
+        # A claim that names this node's router-id and is not the one on its lo: a
+        # twin (a PC with the same hardware identity) holds it, or this node's own
+        # from a life it does not remember lingers until ospf6d flushes it. Either
+        # way, taking a slot now could replace the twin's etcd member by this one.
+        impostor = sorted({c for c in parsed.values() if c.owner == self.me
+                           and (c.slot, c.term) != (self.slot, self.term)})
+        if impostor and impostor != self.impostor:
+            log.warning("control-plane claims with this node's router-id %s that this node "
+                        "did not make: %s; %s", self.me, ", ".join(
+                            f"slot {c.slot} (term {c.term})" for c in impostor),
+                        "keeping this node's slot" if self.slot is not None
+                        else "taking no slot while they are announced")
+        self.impostor = impostor
         counted, forged = valid_claims(claims, self.ospf.view.advertisers)
         # Candidates count, as claims do, only where their owner advertises them.
         advertisers = self.ospf.view.advertisers
@@ -129,6 +144,11 @@ class Slots(Controller):
             self.last_term[self.slot] = max(self.term, self.last_term.get(self.slot, 0))
         if self.routes.table and self.attached_since is None:
             self.attached_since = now
+        if self.impostor and self.slot is None:
+            if not self.addresses_ok:
+                self._apply_address()
+            return before != (self.slot, tuple(sorted(self.holders().items())),
+                              len(self.forged))
         if self.returning:
             # Back with a remembered slot: announce it at once, so that nobody takes
             # it as free while this node settles; keep it unless a claim with a later
@@ -136,11 +156,17 @@ class Slots(Controller):
             # holds it: the normal rule, below.
             if not self.addresses_ok:
                 self._apply_address()
-        elif self.slot is None and now - self.started < SETTLE and (
-                self.attached_since is None or now - self.attached_since < ATTACHED_FOR):
+        elif self.slot is None and (
+                (now - self.started < SETTLE and (
+                    self.attached_since is None or now - self.attached_since < ATTACHED_FOR))
+                or (self.attached_since is None and self.settings.count > 1)):
+            # Others' claims are not all known yet; and a PC that reaches nobody (not
+            # cabled yet, or its neighbours not up) takes no slot: alone it founds no
+            # cluster anyway (that waits for every slot to be held), and a claim made
+            # alone would contest a holder's when it is cabled into a running mesh.
             if not self.addresses_ok:
                 self._apply_address()  # a candidate says so at once: others are settling
-            return False  # others' claims are not all known yet
+            return False
         view = self.ospf.view
         routers = {IPv4Address(r) for r in view.in_db & view.reachable}
         grace = self.settings.grace
@@ -229,6 +255,8 @@ class Slots(Controller):
             "vacated": {str(s): round(grace - (now - t), 1) for s, t in
                         sorted(self.seen_held.items()) if s not in held and now - t < grace},
             "forged": sorted(str(a) for a in self.forged),
+            # Claims with this node's router-id that it did not make (a twin's).
+            "not_mine": [f"slot {c.slot} term {c.term}" for c in self.impostor],
             # Nodes that can run the control plane, this one included if it can.
             "candidates": sorted(str(r) for r in self.candidates
                                  | ({self.me} if self.candidate else set())),

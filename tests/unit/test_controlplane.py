@@ -4,13 +4,18 @@ node makes from the same view; the site's [control_plane] table."""
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from pathlib import Path
 
 import pytest
 
+from firstboot.controlplane import Slots
+from firstboot.overlay import Routes
 from mesh import controlplane, plan
 from mesh.controlplane import SlotClaim, choose_slot
 from mesh.site import SiteError, new_site_toml, parse_site
+from tests.unit.fakes import Kernel, idle_ospf, node_config
 
 ULA = IPv6Network("fd12:3456:789a::/48")
 R = [IPv4Address(f"10.0.0.{i}") for i in range(1, 8)]
@@ -118,3 +123,68 @@ def test_the_site_says_how_many_slots_and_who_may_hold_them() -> None:
         with pytest.raises(SiteError) as e:
             parse_site(tomllib.loads(broken))
         assert message in str(e.value), str(e.value)
+
+
+# --- the controller (firstboot.controlplane.Slots) over a fake kernel and OSPF view
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slots_node(tmp_path: Path) -> tuple[Slots, Kernel, Clock]:
+    cfg = node_config(tmp_path, router_id=IPv4Address("10.0.0.5"))
+    kernel, clock = Kernel(), Clock()
+    ospf = idle_ospf(cfg, tmp_path)
+    return Slots(cfg, kernel, Routes(cfg, kernel), ospf, clock=clock), kernel, clock
+
+
+def step(s: Slots, clock: Clock, seconds: float) -> None:
+    """Rounds of the routes and slots controllers over `seconds`."""
+    for _ in range(int(seconds)):
+        clock.now += 1.0
+        s.routes.full = True
+        s.routes.reconcile()
+        s.reconcile()
+
+
+def announce(s: Slots, kernel: Kernel, claim: SlotClaim, advertiser: str | None = None) -> None:
+    """`claim` routed to this node, advertised by its owner (or by `advertiser`)."""
+    addr = controlplane.claim_address(s.ula, claim)
+    kernel.add_route(addr, [("fe80::1", 2)])
+    view = s.ospf.view
+    routers = {advertiser or str(claim.owner)}
+    s.ospf.view = replace(view, advertisers={**view.advertisers, addr: frozenset(routers)},
+                          reachable=view.reachable | routers, in_db=view.in_db | routers)
+
+
+def test_a_pc_that_reaches_nobody_takes_no_slot(tmp_path: Path) -> None:
+    """Not cabled yet: it takes no slot (one made alone would contest a running mesh's
+    holder once cabled); cabled to a mesh that holds two of three, it takes the third."""
+    s, kernel, clock = slots_node(tmp_path)
+    step(s, clock, 60)
+    assert s.slot is None and not kernel.addrs
+    announce(s, kernel, SlotClaim(0, IPv4Address("10.0.0.1")))
+    announce(s, kernel, SlotClaim(1, IPv4Address("10.0.0.2")))
+    step(s, clock, 30)
+    assert s.slot == 2
+    mine = controlplane.claim_address(s.ula, SlotClaim(2, s.me))
+    assert (str(mine), 128) in kernel.addrs
+
+
+def test_a_twins_claim_keeps_this_node_from_taking_a_slot(tmp_path: Path) -> None:
+    """A claim naming this node's router-id that it did not make is a twin's: the node
+    takes no slot (it would replace the twin's etcd member) and says so."""
+    s, kernel, clock = slots_node(tmp_path)
+    announce(s, kernel, SlotClaim(0, s.me))  # the twin's, with our router-id
+    announce(s, kernel, SlotClaim(1, IPv4Address("10.0.0.2")))
+    step(s, clock, 60)
+    assert s.slot is None and s.report()["not_mine"] == ["slot 0 term 0"]
+    # The twin gone (its claim withdrawn), the node takes a free slot.
+    kernel.del_route(controlplane.claim_address(s.ula, SlotClaim(0, s.me)))
+    step(s, clock, 30)
+    assert s.slot == 0 and s.report()["not_mine"] == []
