@@ -91,7 +91,11 @@ class Blink1(UHIDDevice):
         state = {"colour": self.colour, "watchdog": self.watchdog, "fired": self.fired,
                  "playing": self.playing,
                  "pattern": {str(k): v for k, v in sorted(self.pattern.items())},
-                 "log": self.log[-200:], "pid": os.getpid()}
+                 # Every colour shown, and the latest commands (a tickle every
+                 # few seconds would push the colours out of a plain tail).
+                 "log": [x for i, x in enumerate(self.log)
+                         if "shows" in x or i >= len(self.log) - 200],
+                 "pid": os.getpid()}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_file)

@@ -235,9 +235,13 @@ class VM:
         if unplugged:
             cmd.append("-S")  # held until those cables are out
         self.console_offset = self.console.stat().st_size if self.console.exists() else 0
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=(self.dir / f"{self.name}.qemu.log").open("wb"),
-                                     start_new_session=True)
+        # A socket left by the previous power-on would pass the wait below.
+        self.qmp_path.unlink(missing_ok=True)
+        # Appended to, as the console is, across power-ons.
+        with (self.dir / f"{self.name}.qemu.log").open("ab") as qemu_log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=qemu_log,
+                                         start_new_session=True)
         if unplugged:
             poll(f"{self.name}'s QMP socket", self.qmp_path.exists, 30, every=0.1)
             for netdev in unplugged:
@@ -377,8 +381,14 @@ class VM:
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # Powered off and on by hand, as a PC's owner would: the tests after this
+            # one still get their guest.
+            tail = self.console_tail()
+            self.stop()
+            self.start()
             raise AssertionError(f"{self.name} did not shut down within {timeout:.0f} s of "
-                                 f"`systemctl reboot`; console tail:\n{self.console_tail()}"
+                                 f"`systemctl reboot` (powered off and on instead); console "
+                                 f"tail:\n{tail}"
                                  ) from None
         subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
                        capture_output=True, timeout=30, check=False)

@@ -76,8 +76,10 @@ def line(guests: Guests) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def late(guests: Guests, line: dict[str, dict[str, Any]]) -> Guests:
-    """d and the twin power on, the c-d cable plugged as d does: c is running."""
-    guests.mesh.plug(guests.c_d)
+    """d and the twin power on, their cables pulled: d is cabled to the running c
+    once b is back from its reboot (test_fourth_vm_joins_with_no_action). Cabled
+    while b was away, d would see two of three slots held and take b's, never having
+    seen it held."""
     guests.mesh.start(guests.d, guests.twin)
     return guests
 
@@ -301,6 +303,7 @@ def test_b_reboots_with_the_same_addresses(late: Guests,
 
 
 def test_fourth_vm_joins_with_no_action(late: Guests, line: dict[str, dict[str, Any]]) -> None:
+    late.mesh.plug(late.c_d)  # into the running c
     vms = [late.a, late.b, late.c, late.d]
     sts = joined(vms)
     loopbacks = [st["loopback"] for st in sts]

@@ -45,6 +45,7 @@ def _cores_for_netboot(guests: Guests) -> None:
 
 
 FIRMWARE_GAVE_UP = "No bootable option or device was found"
+JOINED: set[str] = set()  # the diskless guests that joined: the next wave boots from them
 NETBOOT_ATTEMPTS = 3
 
 
@@ -150,6 +151,7 @@ def test_a_diskless_pc_netboots_is_approved_and_joins(guests: Guests, image: Ima
         "disk_node_a_kernel_to_joined_s": _journal_seconds(a, "mesh joined"),
         "netboot_ram_used_mib": int(n.ssh("free -m | awk '/^Mem:/ {print $3}'").stdout or 0),
     }
+    JOINED.add(n.name)
     with capsys.disabled():
         print(f"\nnetboot figures (TCG, this run): {json.dumps(figures)}")
 
@@ -161,6 +163,9 @@ def test_the_next_wave_netboots_from_a_netbooted_node(guests: Guests, image: Ima
     memory (its recipe, root and verity loop devices), bit for bit the signed one,
     as Secure Boot on wave proves; a approves it and it joins."""
     a, n, w = guests.a, guests.netboot, guests.wave
+    if n.name not in JOINED:
+        pytest.fail(f"{n.name} did not join (test_a_diskless_pc_netboots_is_approved_and_joins "
+                    "failed): no netbooted node to boot the next wave from")
     n.wait_ssh()
     serve_on(guests.mesh, guests.netboot_wave)
     booted, power_ons = power_on_netboot(w)
