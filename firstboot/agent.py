@@ -223,7 +223,8 @@ def build(cfg: NodeConfig, services: list[Service], etcd: str = "unit", light: b
     provision = Provision(cfg, links, ospf, ipr)
     # Nodes that can run the Kubernetes control plane take free slots first.
     slots = Slots(cfg, ipr, routes, ospf, candidate=etcd != "off"
-                  and kubecontrol.cannot_run(cfg) is None)
+                  and kubecontrol.cannot_run(cfg) is None,
+                  conflicted=lambda: bool(conflicts.conflicts))
     members = Etcd(cfg, slots, ospf, etcd_member.child_runner(cfg) if etcd == "children"
                    else etcd_member.unit_runner(cfg) if etcd == "unit" else None)
     # The control plane runs as etcd does: units on a node, children in the lab.

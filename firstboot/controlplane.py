@@ -32,19 +32,24 @@ SETTLE = 10.0  # a fresh node waits this long at most to learn others' claims
 ATTACHED_FOR = 3.0  # or this long after its first route: the LSDB has arrived
 # A fresh node in a mesh that has slot holders waits this long after its first
 # route before taking a slot it never saw held: after a power cut, the holders
-# coming back announce their remembered slots within seconds of their routes.
-FRESH_WAIT = 10.0
+# coming back announce their remembered slots within seconds of their routes; and
+# a twin (a duplicated hardware identity) is found out within it (firstboot.ospf's
+# LSA_WAR_WINDOW and PHANTOM_WINDOW), before it could take its double's slot.
+FRESH_WAIT = 30.0
 
 
 class Slots(Controller):
     name = "control-plane"
-    after = ("routes", "ospf")
+    after = ("routes", "ospf", "conflicts")
     period = 5.0
 
     def __init__(self, cfg: NodeConfig, ipr: Any, routes: Routes, ospf: Ospf,
-                 clock: Callable[[], float] = time.monotonic, candidate: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, candidate: bool = False,
+                 conflicted: Callable[[], bool] = lambda: False) -> None:
         """`candidate`: this node can run the Kubernetes control plane (it says so in
-        the mesh, and candidates take free slots first)."""
+        the mesh, and candidates take free slots first); `conflicted`: whether another
+        node is reported to use this node's identity (it then takes no slot)."""
+        self.conflicted = conflicted
         self.cfg, self.ipr, self.routes, self.ospf, self.clock = cfg, ipr, routes, ospf, clock
         self.candidate = candidate
         self.candidates: frozenset[IPv4Address] = frozenset()  # the others that say so
@@ -144,7 +149,9 @@ class Slots(Controller):
             self.last_term[self.slot] = max(self.term, self.last_term.get(self.slot, 0))
         if self.routes.table and self.attached_since is None:
             self.attached_since = now
-        if self.impostor and self.slot is None:
+        if self.slot is None and (self.impostor or self.conflicted()):
+            # Its twin may hold a slot under this very router-id: joining etcd as
+            # that slot's holder would replace the twin's member. One held is kept.
             if not self.addresses_ok:
                 self._apply_address()
             return before != (self.slot, tuple(sorted(self.holders().items())),
