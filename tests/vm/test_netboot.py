@@ -46,7 +46,7 @@ def _cores_for_netboot(guests: Guests) -> None:
 
 FIRMWARE_GAVE_UP = "No bootable option or device was found"
 JOINED: set[str] = set()  # the diskless guests that joined: the next wave boots from them
-NETBOOT_ATTEMPTS = 3
+NETBOOT_ATTEMPTS = 4  # the first netboot in one run needed 3
 
 
 def power_on_netboot(vm: VM, attempts: int = NETBOOT_ATTEMPTS) -> tuple[float, int]:
