@@ -84,6 +84,17 @@ def _lamp(node: Node) -> Light:
     return Light(lambda: (node.stage, node.conflicts), node.open, lambda: node.now)
 
 
+def _lit() -> tuple[Node, Light, Recorder]:
+    """A light plugged in and set up (what it was told then, forgotten)."""
+    node = Node()
+    lamp = _lamp(node)
+    dev = node.plugged
+    assert dev is not None
+    lamp.reconcile()
+    dev.said()
+    return node, lamp, dev
+
+
 def test_the_light_follows_the_stage_and_is_tickled() -> None:
     node = Node()
     lamp = _lamp(node)
@@ -109,12 +120,7 @@ def test_the_light_follows_the_stage_and_is_tickled() -> None:
 
 
 def test_after_the_watchdog_fired_the_colour_comes_back() -> None:
-    node = Node()
-    lamp = _lamp(node)
-    dev = node.plugged
-    assert dev is not None
-    lamp.reconcile()
-    dev.said()
+    node, lamp, dev = _lit()
     node.now += light.WATCHDOG_SECONDS + 5  # the runtime was stopped: the light is red
     lamp.reconcile()
     assert dev.said() == ["play off", "fade to orange in 300 ms",
@@ -122,12 +128,7 @@ def test_after_the_watchdog_fired_the_colour_comes_back() -> None:
 
 
 def test_a_conflict_blinks_every_half_second() -> None:
-    node = Node()
-    lamp = _lamp(node)
-    dev = node.plugged
-    assert dev is not None
-    lamp.reconcile()
-    dev.said()
+    node, lamp, dev = _lit()
     node.conflicts = 1
     seen = []
     for _ in range(4):
