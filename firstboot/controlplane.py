@@ -33,8 +33,9 @@ ATTACHED_FOR = 3.0  # or this long after its first route: the LSDB has arrived
 # A fresh node in a mesh that has slot holders waits this long after its first
 # route before taking a slot it never saw held: after a power cut, the holders
 # coming back announce their remembered slots within seconds of their routes; and
-# a twin (a duplicated hardware identity) is found out within it (firstboot.ospf's
-# LSA_WAR_WINDOW and PHANTOM_WINDOW), before it could take its double's slot.
+# it gives the conflict checks (firstboot.ospf's 30 s windows) time to find a twin
+# (a duplicated hardware identity) out before it takes its double's slot. Under
+# load they can take longer: the etcd join must not replace a live member either.
 FRESH_WAIT = 30.0
 
 
