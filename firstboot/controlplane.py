@@ -112,7 +112,7 @@ class Slots(Controller):
 
     def reconcile(self) -> bool:
         now = self.clock()
-        before = (self.slot, tuple(sorted(self.holders().items())), len(self.forged))
+        before = self._seen()
         parsed = {a: c for a in self.routes.table if a in self.subnet
                   and (c := controlplane.parse_claim(self.ula, self.settings.count, a))
                   is not None}
@@ -155,8 +155,7 @@ class Slots(Controller):
             # that slot's holder would replace the twin's member. One held is kept.
             if not self.addresses_ok:
                 self._apply_address()
-            return before != (self.slot, tuple(sorted(self.holders().items())),
-                              len(self.forged))
+            return self._seen() != before
         if self.returning:
             # Back with a remembered slot: announce it at once, so that nobody takes
             # it as free while this node settles; keep it unless a claim with a later
@@ -207,8 +206,11 @@ class Slots(Controller):
             self._take(slot)
         if not self.addresses_ok:
             self._apply_address()
-        after = (self.slot, tuple(sorted(self.holders().items())), len(self.forged))
-        return after != before
+        return self._seen() != before
+
+    def _seen(self) -> tuple[int | None, tuple[tuple[int, IPv4Address], ...], int]:
+        """What a change of wakes the controllers after this one."""
+        return self.slot, tuple(sorted(self.holders().items())), len(self.forged)
 
     def _take(self, slot: int | None) -> None:
         if self.slot is not None and slot != self.slot:
