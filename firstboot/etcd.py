@@ -5,7 +5,9 @@ Holding a slot (firstboot.controlplane), a node runs an etcd member:
 - else, if some other holder's member answers: it joins the running cluster
   (etcd's own member API, v3 JSON gateway): the members of nodes that hold no
   slot any more (a dead holder's, replaced) are removed, this node is added,
-  and it starts as "existing";
+  and it starts as "existing"; a member under this node's own address that has
+  run is removed and added again when the cluster has lost its connection (this
+  node lost its data), and never while it runs (a PC with this node's identity);
 - else, once every slot is held: all holders found the cluster together, each
   with the same initial cluster (they see the same holders).
 Holding no slot (never, or yielded), it runs no member and keeps no member data.
@@ -65,6 +67,18 @@ def _answers(client_url: str) -> bool:
             return bool(r.status == 200)
     except (OSError, ValueError):
         return False
+
+
+def peer_active(client_url: str, member_id: str) -> bool:
+    """Whether the member at client_url has a live connection to member `member_id`
+    (decimal, as the JSON gateway gives it), from etcd's own metrics: a member whose
+    process is gone loses it within seconds (etcd's stream reader times out)."""
+    with urllib.request.urlopen(f"{client_url}/metrics", timeout=API_TIMEOUT) as r:
+        text = r.read().decode()
+    remote = f'Remote="{int(member_id):x}"'
+    return any(line.startswith("etcd_network_active_peers{") and remote in line
+               and line.rsplit(" ", 1)[-1].strip() not in ("0", "0.0")
+               for line in text.splitlines())
 
 
 def api(client_url: str, call: str, body: Mapping[str, Any] | None = None) -> Any:
@@ -194,6 +208,12 @@ class Etcd(Controller):
         if mine and mine[0].get("name"):
             # A member of this node's that has run, but this node has no data for it
             # (a netbooted node keeps /var in RAM): etcd needs it removed and added.
+            # Unless it runs: then another PC has this node's identity (a twin, or
+            # cloned hardware ids), and removing it would take a healthy member out.
+            if peer_active(via.client_url, str(mine[0]["ID"])):
+                raise RuntimeError(
+                    f"an etcd member with this node's address ({self.me.peer_url}) runs "
+                    f"elsewhere: another PC has this node's identity; not joining")
             log.warning("re-adding etcd member %s: its data is gone", self.me.name)
             api(via.client_url, "cluster/member/remove", {"ID": mine[0]["ID"]})
             mine = []

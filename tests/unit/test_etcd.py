@@ -4,6 +4,8 @@ running one replacing a gone holder's member, run nothing without a slot."""
 
 from __future__ import annotations
 
+import io
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
@@ -166,12 +168,52 @@ def test_a_holder_whose_data_is_gone_is_removed_and_added_again(
         return {"members": listed}
 
     monkeypatch.setattr(etcd_mod, "api", api)
+    monkeypatch.setattr(etcd_mod, "peer_active", lambda url, member: False)  # it is gone
     (e.cfg.paths.etcd_data / "member" / "snap").mkdir(parents=True)  # a failed start's
     e.reconcile()
     assert ("cluster/member/remove", {"ID": "21"}) in calls
     assert ("cluster/member/add", {"peerURLs": [e.me.peer_url]}) in calls
     assert runner.env is not None and runner.env["ETCD_INITIAL_CLUSTER_STATE"] == "existing"
     assert not (e.cfg.paths.etcd_data / "member" / "snap").exists()  # begun afresh
+
+
+def test_a_twin_never_removes_the_running_member_of_its_double(
+        node: tuple[Etcd, Slots, FakeRunner], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PC with this node's identity (same loopback, so same peer URL) and no data
+    finds a started member under its address that the cluster still talks to: it is
+    its double's, alive. Nothing is removed or added, nothing starts, and it says why."""
+    e, slots, runner = node
+    slots.slot = 0
+    lo = others(e, slots, {"10.0.0.2": 1, "10.0.0.3": 2})
+    listed = [{"ID": "185828541645115251", "name": e.me.name, "peerURLs": [e.me.peer_url]},
+              {"ID": "22", "name": "x", "peerURLs": [peer(lo["10.0.0.2"])]},
+              {"ID": "23", "name": "y", "peerURLs": [peer(lo["10.0.0.3"])]}]
+    calls: list[str] = []
+
+    def api(url: str, call: str, body: Any = None) -> Any:
+        calls.append(call)
+        return {"members": listed}
+
+    metrics = ('# TYPE etcd_network_active_peers gauge\n'
+               'etcd_network_active_peers{Local="16",Remote="2943212f5e2cf73"} 1\n'
+               'etcd_network_active_peers{Local="16",Remote="17"} 0\n')
+
+    class Reply(io.BytesIO):
+        def __enter__(self) -> Reply:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(etcd_mod, "api", api)
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, timeout: Reply(metrics.encode()))
+    with pytest.raises(RuntimeError, match="another PC has this node's identity"):
+        e.reconcile()
+    assert calls == ["cluster/member/list"] and runner.env is None
+    # The same member, its connection gone (its node rebooted): the data is gone.
+    assert etcd_mod.peer_active("http://x", "185828541645115251")
+    assert not etcd_mod.peer_active("http://x", "23")
 
 
 def test_a_candidate_announces_itself_and_counts_only_others_that_advertise_theirs(
