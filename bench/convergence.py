@@ -3,9 +3,9 @@
     python -m bench.convergence [--sizes 25,50,100] [--degree 4] [--bfd-interval-ms 100]
 
 For each size, a random:N:K mesh is brought up from nothing. Reported per size:
-  setup    namespaces, cables, FRR started and configured on every node
-  routes   from FRR started until every node has a route to every other loopback
-  full     from FRR started until, also, every cable has a Full adjacency
+  setup    namespaces, FRR started and configured on every node, then every cable
+  routes   from the cables plugged until every node has a route to every other loopback
+  full     from the cables plugged until, also, every cable has a Full adjacency
   cpu      load average over the last minute, to show how busy the machine was
 """
 

@@ -25,6 +25,7 @@ import json
 import math
 import random
 import time
+from functools import partial
 
 from bench.common import lab, save
 from lab.netns import Lab, describe_timers
@@ -53,9 +54,8 @@ def forklift(the_lab: Lab, rng: random.Random, fraction: float, pings: int) -> d
     st = the_lab.state
     nodes = [n.index for n in st.nodes]
     victims = rng.sample(nodes, round(len(nodes) * fraction))
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        killed = time.monotonic()
-        list(pool.map(the_lab.kill, victims))
+    killed = time.monotonic()
+    the_lab.kill_many(victims)  # every process SIGKILLed first, then forwarding off
     spread = time.monotonic() - killed
     took = the_lab.wait_converged(timeout=600)
     survivors = [i for i in nodes if i not in st.dead]
@@ -90,6 +90,10 @@ def storm(the_lab: Lab, rng: random.Random, share: float) -> dict[str, object]:
             "whole_again_after_plug_s": round(time.monotonic() - start, 1)}
 
 
+def say(start: float, message: str) -> None:
+    print(f"  {time.monotonic() - start:6.1f} s  {message}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,8 +113,7 @@ def main() -> None:
             with lab() as the_lab:
                 start = time.monotonic()
                 # The lab's own site, with the timers it chooses for this size (it says).
-                the_lab.up(parse(spec), agent=args.agent,
-                           progress=lambda m: print(f"  {m}", flush=True))
+                the_lab.up(parse(spec), agent=args.agent, progress=partial(say, start))
                 setup = time.monotonic() - start
                 cold = the_lab.wait_converged(timeout=900)
                 m = the_lab.site.mesh

@@ -163,6 +163,16 @@ class NodeStatus:
 
 SYSCTL = Path("/proc/sys")
 
+# What a node's boot sets in its namespace.
+BOOT_SYSCTLS = {
+    "net.ipv6.conf.all.forwarding": 1,
+    "net.ipv6.conf.default.forwarding": 1,
+    "net.ipv4.ip_forward": 1,
+    # Mesh links are link-local only: no SLAAC, no default route from RAs.
+    "net.ipv6.conf.default.autoconf": 0,
+    "net.ipv6.conf.default.accept_ra": 0,
+}
+
 
 def host_limits(nodes: int, cables: int) -> dict[str, int]:
     """What a lab of this size needs of the host, at least (sysctl -> value).
@@ -430,20 +440,25 @@ class Lab:
         return LabState(self.name, topo.spec, list(topo.edges), nodes)
 
     def _create(self, site: Site, sites: dict[int, Site], progress: Progress) -> None:
+        """Namespaces, then FRR and the node runtimes on nodes with no cable, then
+        every cable at once: the daemons start on idle nodes, and the mesh forms
+        once, with every node in it, instead of flooding a half-built mesh again
+        with each node that starts (at 400 nodes that work starved the setup)."""
         st = self.state
+        run(["ip", "-batch", "-"], input="".join(f"netns add {n.namespace}\n"
+                                                 for n in st.nodes))
         for n in st.nodes:
-            run(["ip", "netns", "add", n.namespace])
-        self._parallel(self._prepare_node, st.nodes)
-        progress("namespaces ready")
-        run(["ip", "-batch", "-"], input="".join(self._veth(a, b) for a, b in st.edges))
-        self._parallel(self._links_up, st.nodes)
-        progress("cables plugged")
+            self._node_dirs(n)
+        progress("namespaces made")
         self._parallel(lambda n: self._start_frr(n, sites.get(n.index, site)), st.nodes)
         progress("FRR started on every node")
         if st.agent:
             for n in st.nodes:
                 self.spawn(n.index, self.agent_argv(n), "agent")
             progress("node runtimes started")
+        run(["ip", "-batch", "-"], input="".join(self._veth(a, b) for a, b in st.edges))
+        self._parallel(self._links_up, st.nodes)
+        progress(f"{len(st.edges)} cables plugged")
         if st.services.get("etcd"):
             from lab.stack import start_etcd_cluster  # the stack above FRR
 
@@ -484,17 +499,7 @@ class Lab:
             for f in [pool.submit(fn, n) for n in nodes]:
                 f.result()
 
-    def _prepare_node(self, n: LabNode) -> None:
-        self._sysctl(n, {
-            "net.ipv6.conf.all.forwarding": 1,
-            "net.ipv6.conf.default.forwarding": 1,
-            "net.ipv4.ip_forward": 1,
-            # Mesh links are link-local only: no SLAAC, no default route from RAs.
-            "net.ipv6.conf.default.autoconf": 0,
-            "net.ipv6.conf.default.accept_ra": 0,
-        })
-        run(["ip", "-n", n.namespace, "-batch", "-"],
-            input=f"link set dev lo up\naddr add {n.loopback}/128 dev lo\n")
+    def _node_dirs(self, n: LabNode) -> None:
         d = self.node_dir(n)
         for sub in ("run", "etc"):
             (d / sub).mkdir(parents=True, exist_ok=True)
@@ -512,10 +517,13 @@ class Lab:
             run(["ip", "-n", n.namespace, "-batch", "-"], input="".join(lines))
 
     def _start_frr(self, n: LabNode, site: Site) -> None:
-        """zebra, ospf6d and bfdd in the node's netns, in a private mount
-        namespace where the node's own directories stand over /run/frr and
-        /etc/frr (ospf6d keeps state at fixed paths there); then the rendered
-        integrated config is applied the way FRR's init does, with vtysh -b."""
+        """The node's boot: its forwarding and loopback as a PC's boot leaves them
+        (see BOOT_SYSCTLS; lo holds only the node's loopback, no IPv4 route is
+        left from an earlier life), then zebra, ospf6d and bfdd in the node's
+        netns, in a private mount namespace where the node's own directories
+        stand over /run/frr and /etc/frr (ospf6d keeps state at fixed paths
+        there); then the rendered integrated config is applied the way FRR's
+        init does, with vtysh -b. One `ip netns exec` for all of it."""
         d = self.node_dir(n)
         conf = d / "etc" / "frr.conf"
         if not self.state.agent:  # it holds the OSPF key: frr's only
@@ -529,11 +537,17 @@ class Lab:
                      owner="frr")
         for pid in (d / "run").glob("*.pid"):
             pid.unlink()
-        daemons = " && ".join(
-            f"{FRR_BIN}/{daemon} -d -u frr -g frr -f /dev/null --log file:{d}/{daemon}.log"
-            for daemon in FRR_DAEMONS
-        )
-        script = (f"mount --bind {d}/run /run/frr && mount --bind {d}/etc /etc/frr && {daemons}")
+        script = " && ".join([
+            "sysctl -q -w " + " ".join(f"{k}={v}" for k, v in BOOT_SYSCTLS.items()),
+            "ip link set dev lo up",
+            "ip addr flush dev lo scope global",
+            "ip route flush table main",
+            f"ip addr add {n.loopback}/128 dev lo",
+            f"mount --bind {d}/run /run/frr",
+            f"mount --bind {d}/etc /etc/frr",
+            *(f"{FRR_BIN}/{daemon} -d -u frr -g frr -f /dev/null --log file:{d}/{daemon}.log"
+              for daemon in FRR_DAEMONS),
+        ])
         Path("/run/frr").mkdir(exist_ok=True)
         run(["ip", "netns", "exec", n.namespace, "unshare", "--mount", "--propagation",
              "private", "sh", "-c", script])
@@ -594,23 +608,27 @@ class Lab:
     def kill(self, ref: str | int) -> LabNode:
         """A silent death: every process of the node (FRR, agents) SIGKILLed,
         forwarding off, cables left up."""
-        n = self.node(ref)
-        _signal(self._pids(n.namespace), signal.SIGKILL)
-        self._sysctl(n, {"net.ipv6.conf.all.forwarding": 0, "net.ipv4.ip_forward": 0})
-        if n.index not in self.state.dead:
-            self.state.dead.append(n.index)
+        return self.kill_many([ref])[0]
+
+    def kill_many(self, refs: Iterable[str | int]) -> list[LabNode]:
+        """Silent deaths at one moment: every process of every node is SIGKILLed
+        before any node's forwarding goes off (a forklift, not a slow walk)."""
+        nodes = [self.node(r) for r in refs]
+        pids = _pids_in([n.namespace for n in nodes])
+        _signal([p for n in nodes for p in pids[n.namespace]], signal.SIGKILL)
+        off = {"net.ipv6.conf.all.forwarding": 0, "net.ipv4.ip_forward": 0}
+        self._parallel(lambda n: self._sysctl(n, off), nodes)
+        for n in nodes:
+            if n.index not in self.state.dead:
+                self.state.dead.append(n.index)
         self._save()
-        return n
+        return nodes
 
     def revive(self, ref: str | int) -> LabNode:
         """Bring a killed node back as from a reboot: lo holds only the node's
         loopback again (agents re-add what they announce), no IPv4 route is left,
         forwarding is on, FRR and the node's agents are started again."""
         n = self.node(ref)
-        run(["ip", "-n", n.namespace, "-batch", "-"],
-            input=f"addr flush dev lo scope global\nroute flush table main\n"
-                  f"addr add {n.loopback}/128 dev lo\n")
-        self._sysctl(n, {"net.ipv6.conf.all.forwarding": 1, "net.ipv4.ip_forward": 1})
         self._start_frr(n, self.site)
         for name, *argv in n.agents:
             self._spawn(n, argv, name)
@@ -705,10 +723,12 @@ class Lab:
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
             return list(pool.map(one, self.state.nodes))
 
-    def differences(self) -> dict[str, str]:
+    def differences(self, detail: bool = True) -> dict[str, str]:
         """What keeps each live node from being as the live topology says: a Full
         adjacency on every live cable and a route to exactly the loopbacks it can
-        reach. Converged nodes are left out."""
+        reach. Converged nodes are left out. Without detail, a node whose routes
+        are wrong is not asked for its adjacencies as well: on a busy machine FRR's
+        vty answers slowly, and polling hundreds of them slows the routing."""
         live = [n for n in self.state.nodes if n.index not in self.state.dead]
         topo = self.state.topology.without(self.state.dead, self.state.cut)
         name = {IPv6Address(n.loopback): n.name for n in self.state.nodes}
@@ -718,13 +738,15 @@ class Lab:
             if crashed:
                 return f"{', '.join(crashed)} not running (see {self.node_dir(n)}/*.log)"
             got, want = set(self.routes(n.index)), self.state.expected_routes(n.index)
-            full = {a.neighbour for a in self.neighbours(n.index) if a.state == "Full"}
-            peers = {f"n{m}" for m in topo.neighbours(n.index)}
             parts = [f"no route to {', '.join(sorted(name[a] for a in want - got))}"
                      if want - got else "",
                      f"stale route to {', '.join(sorted(name[a] for a in got - want))}"
-                     if got - want else "",
-                     f"not Full with {', '.join(sorted(peers - full))}" if peers - full else ""]
+                     if got - want else ""]
+            if detail or got == want:
+                full = {a.neighbour for a in self.neighbours(n.index) if a.state == "Full"}
+                peers = {f"n{m}" for m in topo.neighbours(n.index)}
+                parts.append(f"not Full with {', '.join(sorted(peers - full))}"
+                             if peers - full else "")
             return "; ".join(p for p in parts if p)
 
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
@@ -734,7 +756,7 @@ class Lab:
     def converged(self) -> tuple[int, int]:
         """(converged live nodes, live nodes); see `differences`."""
         live = sum(1 for n in self.state.nodes if n.index not in self.state.dead)
-        return live - len(self.differences()), live
+        return live - len(self.differences(detail=False)), live
 
     def wait_converged(self, timeout: float, progress: Progress = _quiet) -> float:
         """Poll until every live node routes to exactly the loopbacks it should."""
@@ -774,13 +796,18 @@ class Lab:
 
     @staticmethod
     def _pids(namespace: str) -> list[int]:
-        out = run(["ip", "netns", "pids", namespace], check=False).stdout
-        return [int(p) for p in out.split()]
+        return _pids_in([namespace])[namespace]
 
     def crashed(self, n: LabNode) -> list[str]:
-        """FRR daemons of a live node that are no longer running."""
-        members = set(self._pids(n.namespace))
-        return [d for d in FRR_DAEMONS if self._daemon_pid(n, d) not in members]
+        """FRR daemons of a live node that are no longer running (by their PID
+        files and /proc: no pass over every process, which 400 nodes make slow)."""
+        def running(daemon: str) -> bool:
+            pid = self._daemon_pid(n, daemon)
+            try:
+                return pid is not None and Path(f"/proc/{pid}/comm").read_text().strip() == daemon
+            except OSError:
+                return False
+        return [d for d in FRR_DAEMONS if not running(d)]
 
     def _daemon_pid(self, n: LabNode, daemon: str) -> int | None:
         try:
@@ -844,6 +871,27 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _pids_in(namespaces: Iterable[str]) -> dict[str, list[int]]:
+    """The processes in each named network namespace, from one pass over /proc
+    (what `ip netns pids` does, once for all of them)."""
+    want: dict[tuple[int, int], str] = {}
+    out: dict[str, list[int]] = {}
+    for ns in namespaces:
+        out[ns] = []
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/run/netns/{ns}")
+            want[(st.st_dev, st.st_ino)] = ns
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry.name}/ns/net")
+            except OSError:
+                continue  # gone, or a kernel thread
+            if (owner := want.get((st.st_dev, st.st_ino))) is not None:
+                out[owner].append(int(entry.name))
+    return out
 
 
 def _signal(pids: Iterable[int], sig: signal.Signals) -> None:

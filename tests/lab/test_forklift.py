@@ -5,7 +5,6 @@ as in the image. Larger labs: bench/forklift.py."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import random
 from ipaddress import IPv6Address
@@ -24,8 +23,8 @@ def test_a_third_of_a_floor_dies_at_once_and_the_survivors_route_exactly(
     topo = lab.state.topology
     nodes = list(range(1, topo.nodes + 1))
     victims = random.Random(7).sample(nodes, topo.nodes // 3)
-    with concurrent.futures.ThreadPoolExecutor(15) as pool:
-        list(pool.map(lab.kill, victims))
+    lab.kill_many(victims)
+    assert sorted(lab.state.dead) == sorted(victims)
     lab.wait_converged(timeout=120)
 
     survivors = [n for n in nodes if n not in victims]
