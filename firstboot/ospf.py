@@ -2,7 +2,8 @@
 
     ospf       neighbours, the Router-LSAs, the routers the SPF tree reaches and
                who advertises each /128 (intra-area-prefix LSAs), asked over
-               ospf6d's vty socket every PERIOD
+               ospf6d's vty socket every PERIOD; an adjacency stuck on its way
+               to Full is reset
     conflicts  two nodes with one router-id: this node's Router-LSA re-originated
                endlessly, or reachable neighbours listing a link to this router-id
                that this node does not have
@@ -39,6 +40,13 @@ LSA_WAR_BUMPS = 60
 PHANTOM_WINDOW = 30.0
 PHANTOM_ROUNDS = 8
 CONFLICT_HOLD = 120.0  # seconds a conflict stays reported after its last evidence
+# An adjacency that stays between TwoWay and Full this long (at least ten dead
+# intervals) is stuck: ospf6d 8.4 can leave the slave in ExChange for good while
+# the master is Full (seen in a 400-node lab under load), and the cable then
+# carries nothing. Resetting the interface, as `clear ipv6 ospf6 interface` does,
+# starts the exchange again.
+STUCK_AFTER = 60.0
+EXCHANGING = frozenset({"ExStart", "ExChange", "Loading"})
 
 _SPF_NODE = re.compile(r"\+-(\d{1,3}(?:\.\d{1,3}){3}) \[")
 
@@ -141,6 +149,9 @@ class Ospf(Controller):
         self.vty, self.links = vty, links
         self.view = OspfView()
         self.answered = False  # ospf6d has answered once: from then on, silence is an error
+        self.stuck_after = max(STUCK_AFTER, 10 * cfg.site.mesh.dead_interval)
+        self.exchanging: dict[str, float] = {}  # interface -> since when (not Full yet)
+        self.resets = 0
 
     def wants(self, msg: Any) -> bool:
         """OSPF routes appear the moment an adjacency goes Full: read ospf6d then,
@@ -160,7 +171,29 @@ class Ospf(Controller):
         self.answered = True
         changed = view != self.view
         self.view = view
+        self._reset_stuck(view)
         return changed
+
+    def _reset_stuck(self, view: OspfView) -> None:
+        now = time.monotonic()
+        for ifname in set(self.exchanging) - {
+                i for i, n in view.neighbours.items() if n.state in EXCHANGING}:
+            del self.exchanging[ifname]
+        for ifname, n in view.neighbours.items():
+            if n.state not in EXCHANGING:
+                continue
+            since = self.exchanging.setdefault(ifname, now)
+            if now - since < self.stuck_after:
+                continue
+            log.warning("the adjacency with %s on %s has been in %s for %.0f s: resetting "
+                        "the interface", n.router_id, ifname, n.state, now - since)
+            self.exchanging[ifname] = now  # the next reset no sooner than that again
+            self.resets += 1
+            try:  # `clear` needs the enable node; the socket starts in the view node
+                self.vty.command("ospf6d", "enable")
+                self.vty.command("ospf6d", f"clear ipv6 ospf6 interface {ifname}")
+            except VtyError as e:
+                raise RuntimeError(f"resetting {ifname}: {e}") from e
 
 
 class Conflicts(Controller):

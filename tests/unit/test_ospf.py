@@ -147,6 +147,48 @@ def test_the_ospf_controller_reads_the_view_and_reports_changes(tmp_path: Path) 
     assert fresh.reconcile() is False and fresh.view == OspfView()
 
 
+def test_an_adjacency_stuck_on_its_way_to_full_is_reset(tmp_path: Path, clock: Clock) -> None:
+    """ospf6d 8.4 can leave a slave in ExChange for good while its master is Full:
+    after ten dead intervals (60 s at least) short of Full, the interface is reset,
+    and again no sooner than that; a neighbour that moves on is forgotten."""
+    cfg = node_config(tmp_path)
+    states = {"m1": "ExChange", "m2": "Full", "m3": "Loading"}
+    vty = CannedVty({
+        "show ipv6 ospf6 database router json": "{}", "show ipv6 ospf6 spf tree": "",
+        "show ipv6 ospf6 database intra-prefix detail json": "{}"})
+
+    def neighbours() -> None:
+        vty.answers["show ipv6 ospf6 neighbor json"] = json.dumps({"neighbors": [
+            {"neighborId": f"10.0.0.{i}", "state": st, "interfaceName": f"m{i}"}
+            for i, st in enumerate(states.values(), 1)]})
+        vty.answers["clear ipv6 ospf6 interface m1"] = vty.answers["enable"] = ""
+
+    o = Ospf(cfg, vty, Links(cfg))
+    assert o.stuck_after == max(60.0, 10 * cfg.site.mesh.dead_interval)
+    neighbours()
+    o.reconcile()
+    clock.now += o.stuck_after - 1
+    states["m3"] = "Full"  # it got there in time
+    neighbours()
+    o.reconcile()
+    assert not [c for c in vty.asked if c.startswith("clear")]
+    clock.now += 1
+    o.reconcile()
+    assert [c for c in vty.asked if c.startswith(("clear", "enable"))] == [
+        "enable", "clear ipv6 ospf6 interface m1"]
+    assert o.resets == 1
+    clock.now += o.stuck_after - 1  # still stuck, but just reset: not again yet
+    o.reconcile()
+    assert o.resets == 1
+    clock.now += 1
+    o.reconcile()
+    assert o.resets == 2
+    states["m1"] = "Full"
+    neighbours()
+    o.reconcile()
+    assert o.exchanging == {}
+
+
 def test_ospf_routes_wake_it_while_a_mesh_link_is_not_full(tmp_path: Path) -> None:
     sysfs = tmp_path / "sys"
     fake_nic(sysfs, "enp1s0", "52:54:00:00:00:01")
