@@ -831,8 +831,10 @@ class Lab:
             kept = (keep_logs if isinstance(keep_logs, Path)
                     else KEPT_LOGS / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             self._keep(kept)
-        with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(self._remove_namespace, sorted(names)))
+        self._end_processes(sorted(names))
+        # One `ip` for every namespace: at 400 nodes, one each took minutes.
+        run(["ip", "-force", "-batch", "-"], check=False,
+            input="".join(f"netns del {ns}\n" for ns in sorted(names)))
         shutil.rmtree(self.dir, ignore_errors=True)
         self._state = None
         self._site = None
@@ -848,18 +850,19 @@ class Lab:
                 shutil.copyfile(f, target)
                 target.chmod(0o600)  # frr.conf holds the OSPF key
 
-    def _remove_namespace(self, namespace: str) -> None:
-        # Only processes inside this lab's own namespace: the lab started them.
-        pids = self._pids(namespace)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+    @staticmethod
+    def _end_processes(namespaces: list[str]) -> None:
+        """SIGTERM, then SIGKILL, every process inside these namespaces (only this
+        lab's own: it started them), found in one pass over /proc each round."""
+        for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):
+            pids = [p for ps in _pids_in(namespaces).values() for p in ps]
+            if not pids:
+                return
             _signal(pids, sig)
             deadline = time.monotonic() + 2
             while pids and time.monotonic() < deadline:
-                pids = self._pids(namespace)
                 time.sleep(0.05)
-            if not pids:
-                break
-        run(["ip", "netns", "del", namespace], check=False)
+                pids = [p for p in pids if _alive(p)]
 
 
 def _alive(pid: int) -> bool:
