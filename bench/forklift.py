@@ -115,7 +115,7 @@ def main() -> None:
                 # The lab's own site, with the timers it chooses for this size (it says).
                 the_lab.up(parse(spec), agent=args.agent, progress=partial(say, start))
                 setup = time.monotonic() - start
-                cold = the_lab.wait_converged(timeout=900)
+                cold = the_lab.wait_converged(timeout=900, progress=partial(say, start))
                 m = the_lab.site.mesh
                 row: dict[str, object] = {"topology": spec, "nodes": the_lab.state.topology.nodes,
                                           "timers": describe_timers(vars(m)),
