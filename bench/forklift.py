@@ -4,8 +4,10 @@ cut and plugged, on labs of 100 to 400 nodes.
     python -m bench.forklift [--sizes 100,200,400] [--kinds random,floor]
                              [--fraction 0.333] [--pings 20] [--storm 0.1] [--seed 1]
 
-For each size and topology (random:N:4, or floor:RxC for the nearest R x C), on
-a converged lab: a random `fraction` of the nodes is killed at once (silent
+For each size and topology (random:N:4, or floor:RxC for the nearest R x C): the
+setup, the cold start until every node routes to every other (cold_routes_s) and
+until, also, every cable has a Full adjacency (cold_convergence_s); then on the
+converged lab: a random `fraction` of the nodes is killed at once (silent
 death: daemons SIGKILLed, forwarding off, cables left up); the time until every
 survivor routes exactly to the survivors it is still connected to, and to no
 dead or cut-off node; the pieces the survivors form and the largest; pings
@@ -28,6 +30,7 @@ import time
 from functools import partial
 
 from bench.common import lab, save
+from bench.convergence import all_routed
 from lab.netns import Lab, describe_timers
 from mesh.topology import Topology, parse
 
@@ -90,6 +93,17 @@ def storm(the_lab: Lab, rng: random.Random, share: float) -> dict[str, object]:
             "whole_again_after_plug_s": round(time.monotonic() - start, 1)}
 
 
+def wait_routed(the_lab: Lab, timeout: float) -> float:
+    """Seconds until every node has a route to every other node's loopback (FRR's
+    vty is not asked: only the kernel's routes)."""
+    start = time.monotonic()
+    while not all_routed(the_lab):
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"no full routing after {timeout} s")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
 def say(start: float, message: str) -> None:
     print(f"  {time.monotonic() - start:6.1f} s  {message}", flush=True)
 
@@ -115,11 +129,14 @@ def main() -> None:
                 # The lab's own site, with the timers it chooses for this size (it says).
                 the_lab.up(parse(spec), agent=args.agent, progress=partial(say, start))
                 setup = time.monotonic() - start
-                cold = the_lab.wait_converged(timeout=900, progress=partial(say, start))
+                routed = wait_routed(the_lab, timeout=900)  # every route everywhere
+                say(start, f"every node routes to every other after {routed:.1f} s")
+                cold = routed + the_lab.wait_converged(timeout=900, progress=partial(say, start))
                 m = the_lab.site.mesh
                 row: dict[str, object] = {"topology": spec, "nodes": the_lab.state.topology.nodes,
                                           "timers": describe_timers(vars(m)),
                                           "setup_s": round(setup, 1),
+                                          "cold_routes_s": round(routed, 1),
                                           "cold_convergence_s": round(cold, 1)}
                 row["forklift"] = forklift(the_lab, rng, args.fraction, args.pings)
                 row["storm"] = storm(the_lab, rng, args.storm)
