@@ -200,13 +200,17 @@ def host_limits(nodes: int, cables: int) -> dict[str, int]:
 # Longer timers hold; the price is detection: a silent death is seen after
 # bfd_interval_ms x bfd_multiplier. A real node is one PC and keeps the site's
 # defaults (hello 1 s, dead 3 s, BFD 100 ms x 3).
+# Beyond 110 nodes per core, SPF runs wait 200 ms and back off to 5 s: with every
+# run at once, 400 ospf6d on 2 cores spent the cold start recomputing (every route
+# everywhere after 162 s, against 35 s so).
 LAB_TIMERS: tuple[tuple[float, dict[str, int]], ...] = (
     (60, {"hello_interval": 1, "dead_interval": 3, "bfd_interval_ms": 100,
           "bfd_multiplier": 3}),
     (110, {"hello_interval": 1, "dead_interval": 4, "bfd_interval_ms": 300,
            "bfd_multiplier": 3}),
     (float("inf"), {"hello_interval": 2, "dead_interval": 8, "bfd_interval_ms": 1000,
-                    "bfd_multiplier": 3}),
+                    "bfd_multiplier": 3, "spf_delay_ms": 200, "spf_hold_ms": 1000,
+                    "spf_max_hold_ms": 5000}),
 )
 
 
@@ -249,9 +253,12 @@ def lab_timers(nodes: int, cores: int) -> dict[str, int]:
 
 
 def describe_timers(t: Mapping[str, int]) -> str:
+    spf = ("" if t.get("spf_delay_ms", 0) == 0 else
+           f", SPF after {t['spf_delay_ms']} ms, then every {t['spf_hold_ms']} ms to "
+           f"{t['spf_max_hold_ms']} ms")
     return (f"hello {t['hello_interval']} s, dead {t['dead_interval']} s, BFD "
             f"{t['bfd_interval_ms']} ms x {t['bfd_multiplier']} (a silent death seen after "
-            f"{t['bfd_interval_ms'] * t['bfd_multiplier'] / 1000:g} s)")
+            f"{t['bfd_interval_ms'] * t['bfd_multiplier'] / 1000:g} s){spf}")
 
 
 def raise_host_limits(need: dict[str, int], progress: Callable[[str], None],

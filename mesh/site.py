@@ -66,6 +66,11 @@ class MeshSettings:
     dead_interval: int = 3
     bfd_interval_ms: int = 100
     bfd_multiplier: int = 3
+    # ospf6d's SPF throttle: first run after a change, then backing off from hold
+    # to max_hold under churn (ms).
+    spf_delay_ms: int = 0
+    spf_hold_ms: int = 50
+    spf_max_hold_ms: int = 1000
     # Interface names (shell globs) that are never mesh links, e.g. a management NIC.
     not_mesh: tuple[str, ...] = ()
 
@@ -318,6 +323,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "dead_interval": (_int(2, 240), 3),
         "bfd_interval_ms": (_int(10, 10_000), 100),
         "bfd_multiplier": (_int(2, 255), 3),
+        "spf_delay_ms": (_int(0, 600_000), 0),
+        "spf_hold_ms": (_int(0, 600_000), 50),
+        "spf_max_hold_ms": (_int(0, 600_000), 1000),
         "not_mesh": (_globs("interface names or globs"), []),
     },
     "pods": {
@@ -458,6 +466,9 @@ def _cross_checks(site: Site) -> list[str]:
             f"mesh.dead_interval: {m.dead_interval} s must be longer than "
             f"mesh.hello_interval ({m.hello_interval} s)"
         )
+    if m.spf_max_hold_ms < m.spf_hold_ms:
+        problems.append(f"mesh.spf_max_hold_ms: {m.spf_max_hold_ms} ms must not be shorter "
+                        f"than mesh.spf_hold_ms ({m.spf_hold_ms} ms)")
     if pods.block_prefix <= pods.range.prefixlen:
         problems.append(
             f"pods.block_prefix: /{pods.block_prefix} must be longer than pods.range "
@@ -592,7 +603,8 @@ def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE
                   service_range: IPv4Network = DEFAULT_SERVICE_RANGE,
                   timers: Mapping[str, int] | None = None) -> str:
     """A fresh, commented site file with random ULA and secrets; `timers` overrides
-    some of [mesh]'s hello_interval, dead_interval, bfd_interval_ms, bfd_multiplier."""
+    some of [mesh]'s hello_interval, dead_interval, bfd_interval_ms, bfd_multiplier
+    and spf_*_ms."""
     ula = random_ula()
     anycast = plan.anycast_subnet(ula)
     key = _random_string(32, OSPF_KEY_ALPHABET)
@@ -600,7 +612,8 @@ def new_site_toml(name: str = "site", pod_range: IPv4Network = DEFAULT_POD_RANGE
     ca_key, ca_cert = new_cluster_ca(name)
     d = {k: v for k, (_, v) in SCHEMA["mesh"].items()}
     unknown = set(timers or {}) - {"hello_interval", "dead_interval", "bfd_interval_ms",
-                                   "bfd_multiplier"}
+                                   "bfd_multiplier", "spf_delay_ms", "spf_hold_ms",
+                                   "spf_max_hold_ms"}
     if unknown:
         raise ValueError(f"not a timer of [mesh]: {', '.join(sorted(unknown))}")
     d.update(timers or {})
@@ -620,6 +633,13 @@ dead_interval = {d["dead_interval"]}
 # BFD on every OSPFv3 link: a dead neighbour is noticed after interval x multiplier.
 bfd_interval_ms = {d["bfd_interval_ms"]}
 bfd_multiplier = {d["bfd_multiplier"]}
+# ospf6d's shortest-path runs (ms): the first spf_delay_ms after a change, then
+# no more often than every spf_hold_ms, backing off to spf_max_hold_ms under
+# churn. 0 reroutes at once; longer waits batch changes where many nodes share
+# a few CPUs (a big lab).
+spf_delay_ms = {d["spf_delay_ms"]}
+spf_hold_ms = {d["spf_hold_ms"]}
+spf_max_hold_ms = {d["spf_max_hold_ms"]}
 # Interfaces (globs) that are never mesh links, e.g. ["mgmt*"].
 not_mesh = []
 

@@ -40,6 +40,9 @@ def test_render(site: Site) -> None:
     b = blocks(conf)
     assert f"hostname {node.hostname}" in b
     assert b["interface lo"] == ["ipv6 ospf6 area 0", "ipv6 ospf6 passive"]
+    m = site.mesh  # the site's SPF throttle (default: at once, backing off under churn)
+    assert (f"timers throttle spf {m.spf_delay_ms} {m.spf_hold_ms} {m.spf_max_hold_ms}"
+            in b["router ospf6"]) and (m.spf_delay_ms, m.spf_hold_ms) == (0, 50)
     for link in ("eth0", "eth1"):
         lines = b[f"interface {link}"]
         assert "ipv6 ospf6 area 0" in lines

@@ -62,7 +62,9 @@ def test_the_lab_chooses_timers_that_hold_at_its_size() -> None:
     assert small["bfd_interval_ms"] < mid["bfd_interval_ms"] < big["bfd_interval_ms"]
     assert lab_timers(400, 4) == mid and lab_timers(400, 8) == small  # more cores: faster
     assert describe_timers(big) == ("hello 2 s, dead 8 s, BFD 1000 ms x 3 (a silent death "
-                                    "seen after 3 s)")
+                                    "seen after 3 s), SPF after 200 ms, then every 1000 ms "
+                                    "to 5000 ms")
+    assert describe_timers(mid).endswith("(a silent death seen after 0.9 s)")  # SPF at once
     # Each is a valid site: a fresh site file carries them.
     import tomllib
 

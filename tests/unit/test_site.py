@@ -95,6 +95,8 @@ def test_fresh_cluster_ca() -> None:
         (lambda d: d["mesh"].update(hello_interval=True), "mesh.hello_interval", "integer"),
         (lambda d: d["mesh"].update(bfd_interval_ms=1), "mesh.bfd_interval_ms", "out of range"),
         (lambda d: d["mesh"].update(hello_interval=3), "mesh.dead_interval", "longer than"),
+        (lambda d: d["mesh"].update(spf_hold_ms=2000), "mesh.spf_max_hold_ms", "not be shorter"),
+        (lambda d: d["mesh"].update(spf_delay_ms=-1), "mesh.spf_delay_ms", "out of range"),
         (lambda d: d["mesh"].pop("ula"), "mesh.ula", "missing"),
         (lambda d: d.pop("secrets"), "secrets", "missing table"),
         (lambda d: d["mesh"].update(colour="blue"), "mesh.colour", "unknown field"),
