@@ -13,7 +13,9 @@ survivor routes exactly to the survivors it is still connected to, and to no
 dead or cut-off node; the pieces the survivors form and the largest; pings
 between random pairs in one piece. Then the storm: `storm` of the surviving
 cables are pulled at once, the time until every node routes exactly what is
-still connected, then all plugged back, and the time until it is whole again.
+still connected, then all plugged back, and the time until it is whole again;
+meanwhile every live node's routes are read over and over, and a route to a
+node that stays reachable all along must never be missing (routes_lost_elsewhere).
 
 The lab runs FRR alone by default (`--agent` for the node runtime too), so the
 figures are the routing's; the lab raises the host limits it needs and says so.
@@ -28,6 +30,7 @@ import math
 import random
 import time
 from functools import partial
+from ipaddress import IPv6Address
 
 from bench.common import lab, save
 from bench.convergence import all_routed
@@ -76,21 +79,53 @@ def forklift(the_lab: Lab, rng: random.Random, fraction: float, pings: int) -> d
             "pings_answered": f"{answered}/{len(pairs)}"}
 
 
+def watch_routes(the_lab: Lab, keep: dict[int, set[IPv6Address]], timeout: float
+                 ) -> tuple[set[tuple[int, IPv6Address]], int]:
+    """Read every live node's kernel routes, over and over, until each routes to
+    exactly what it should; return the routes in `keep` (node -> loopbacks it can
+    reach all along) found missing in any reading, and how many readings."""
+    st = the_lab.state
+    live = list(keep)
+    lost: set[tuple[int, IPv6Address]] = set()
+    start, polls = time.monotonic(), 0
+    while True:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = dict(zip(live, pool.map(lambda i: set(the_lab.routes(i)), live), strict=True))
+        polls += 1
+        for i in live:
+            lost |= {(i, a) for a in keep[i] - got[i]}
+        if all(got[i] == st.expected_routes(i) for i in live):
+            return lost, polls
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"routes not exact {timeout:.0f} s after the storm")
+
+
 def storm(the_lab: Lab, rng: random.Random, share: float) -> dict[str, object]:
+    """Cables cut at once, then plugged back at once. Every route to a node that
+    stays reachable must stay in place meanwhile (checked in every reading of
+    every node's routes, so a loss shorter than one reading can go unseen)."""
     st = the_lab.state
     alive = [e for e in st.topology.edges if not set(e) & set(st.dead)]
     cut = rng.sample(alive, max(1, round(len(alive) * share)))
+    live = [n.index for n in st.nodes if n.index not in st.dead]
+    during = st.topology.without(st.dead, [*st.cut, *cut])
+    keep = {i: {IPv6Address(st.nodes[j - 1].loopback) for j in during.distances(i) if j != i}
+            for i in live}
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda e: the_lab.cut(*e), cut))
+    lost, polls = watch_routes(the_lab, keep, timeout=600)
     the_lab.wait_converged(timeout=600)
     after_cut = time.monotonic() - start  # the cutting included
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         start = time.monotonic()
         list(pool.map(lambda e: the_lab.plug(*e), cut))
+    lost_plugging, polls_plugging = watch_routes(the_lab, keep, timeout=600)
     the_lab.wait_converged(timeout=600)
     return {"cables_cut": len(cut), "converged_after_cut_s": round(after_cut, 1),
-            "whole_again_after_plug_s": round(time.monotonic() - start, 1)}
+            "whole_again_after_plug_s": round(time.monotonic() - start, 1),
+            "routes_lost_elsewhere": len(lost | lost_plugging),
+            "route_readings": polls + polls_plugging}
 
 
 def wait_routed(the_lab: Lab, timeout: float) -> float:
