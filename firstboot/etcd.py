@@ -210,7 +210,7 @@ class Etcd(Controller):
             # (a netbooted node keeps /var in RAM): etcd needs it removed and added.
             # Unless it runs: then another PC has this node's identity (a twin, or
             # cloned hardware ids), and removing it would take a healthy member out.
-            if peer_active(via.client_url, str(mine[0]["ID"])):
+            if self._alive_anywhere(holders, str(mine[0]["ID"])):
                 raise RuntimeError(
                     f"an etcd member with this node's address ({self.me.peer_url}) runs "
                     f"elsewhere: another PC has this node's identity; not joining")
@@ -227,6 +227,25 @@ class Etcd(Controller):
             if urls:
                 cluster[_name_of(urls[0])] = urls[0]
         self._start(cluster, "existing")
+
+    def _alive_anywhere(self, holders: Mapping[int, Member], member_id: str) -> bool:
+        """Whether any other holder's member is connected to member `member_id`.
+        All are asked: a twin announces its double's address, so one of them may
+        be routed to the twin (where nothing listens) and see no connection."""
+        answered = 0
+        for m in holders.values():
+            if m == self.me:
+                continue
+            try:
+                if peer_active(m.client_url, member_id):
+                    return True
+                answered += 1
+            except (OSError, ValueError):
+                continue
+        if not answered:
+            raise RuntimeError("no other etcd member says whether this node's old member "
+                               "still runs; not joining yet")
+        return False
 
     def _start(self, cluster: Mapping[str, str], state: str) -> None:
         data = self.cfg.paths.etcd_data

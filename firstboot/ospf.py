@@ -150,7 +150,8 @@ class Ospf(Controller):
         self.view = OspfView()
         self.answered = False  # ospf6d has answered once: from then on, silence is an error
         self.stuck_after = max(STUCK_AFTER, 10 * cfg.site.mesh.dead_interval)
-        self.exchanging: dict[str, float] = {}  # interface -> since when (not Full yet)
+        # interface -> (state, since when): a neighbour between TwoWay and Full
+        self.exchanging: dict[str, tuple[str, float]] = {}
         self.resets = 0
 
     def wants(self, msg: Any) -> bool:
@@ -167,6 +168,7 @@ class Ospf(Controller):
             if not self.answered:
                 return False  # FRR not started yet (it starts after the runtime's first pass)
             self.view = OspfView()
+            self.exchanging.clear()  # adjacencies start again with ospf6d
             raise RuntimeError(f"ospf6d does not answer: {e}") from e
         self.answered = True
         changed = view != self.view
@@ -175,6 +177,9 @@ class Ospf(Controller):
         return changed
 
     def _reset_stuck(self, view: OspfView) -> None:
+        """Reset the interface of an adjacency that has not moved on from ExStart,
+        ExChange or Loading for `stuck_after` seconds. A failed reset is logged and
+        tried again after as long: the view read this pass stands."""
         now = time.monotonic()
         for ifname in set(self.exchanging) - {
                 i for i, n in view.neighbours.items() if n.state in EXCHANGING}:
@@ -182,19 +187,21 @@ class Ospf(Controller):
         for ifname, n in view.neighbours.items():
             if n.state not in EXCHANGING:
                 continue
-            since = self.exchanging.setdefault(ifname, now)
+            state, since = self.exchanging.get(ifname, ("", now))
+            if state != n.state:  # it moved on: progress, however slow
+                self.exchanging[ifname] = (n.state, now)
+                continue
             if now - since < self.stuck_after:
                 continue
             log.warning("the adjacency with %s on %s has been in %s for %.0f s: resetting "
                         "the interface", n.router_id, ifname, n.state, now - since)
-            self.exchanging[ifname] = now  # the next reset no sooner than that again
+            self.exchanging[ifname] = (n.state, now)  # the next reset no sooner than that
             self.resets += 1
             try:  # `clear` needs the enable node; the socket starts in the view node
                 self.vty.command("ospf6d", "enable")
                 self.vty.command("ospf6d", f"clear ipv6 ospf6 interface {ifname}")
             except VtyError as e:
-                raise RuntimeError(f"resetting {ifname}: {e}") from e
-
+                log.warning("resetting %s failed: %s", ifname, e)
 
 class Conflicts(Controller):
     """Identity conflicts, held for CONFLICT_HOLD after their last evidence: twins

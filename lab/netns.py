@@ -621,8 +621,12 @@ class Lab:
         """Silent deaths at one moment: every process of every node is SIGKILLed
         before any node's forwarding goes off (a forklift, not a slow walk)."""
         nodes = [self.node(r) for r in refs]
-        pids = _pids_in([n.namespace for n in nodes])
-        _signal([p for n in nodes for p in pids[n.namespace]], signal.SIGKILL)
+        for _ in range(3):  # again, for a child forked while the first pass ran
+            pids = [p for ps in _pids_in([n.namespace for n in nodes]).values() for p in ps]
+            pids = [p for p in pids if _alive(p)]
+            if not pids:
+                break
+            _signal(pids, signal.SIGKILL)
         off = {"net.ipv6.conf.all.forwarding": 0, "net.ipv4.ip_forward": 0}
         self._parallel(lambda n: self._sysctl(n, off), nodes)
         for n in nodes:
@@ -811,7 +815,8 @@ class Lab:
         def running(daemon: str) -> bool:
             pid = self._daemon_pid(n, daemon)
             try:
-                return pid is not None and Path(f"/proc/{pid}/comm").read_text().strip() == daemon
+                return (pid is not None and _alive(pid)  # a zombie's comm still names it
+                        and Path(f"/proc/{pid}/comm").read_text().strip() == daemon)
             except OSError:
                 return False
         return [d for d in FRR_DAEMONS if not running(d)]
