@@ -447,25 +447,30 @@ class Lab:
         return LabState(self.name, topo.spec, list(topo.edges), nodes)
 
     def _create(self, site: Site, sites: dict[int, Site], progress: Progress) -> None:
-        """Namespaces, then FRR and the node runtimes on nodes with no cable, then
-        every cable at once: the daemons start on idle nodes, and the mesh forms
-        once, with every node in it, instead of flooding a half-built mesh again
-        with each node that starts (at 400 nodes that work starved the setup)."""
+        """Namespaces; then, with FRR alone, FRR on nodes with no cable and every
+        cable at once: the daemons start on idle nodes, and the mesh forms once,
+        with every node in it, instead of flooding a half-built mesh again with
+        each node that starts (at 400 nodes that work starved the setup). With the
+        node runtime, the cables first, as a PC boots with its cables in: each
+        runtime then configures FRR once with every link (links appearing during
+        its first reloads crashed an ospf6d 8.4 in a BFD flap)."""
         st = self.state
         run(["ip", "-batch", "-"], input="".join(f"netns add {n.namespace}\n"
                                                  for n in st.nodes))
         for n in st.nodes:
             self._node_dirs(n)
         progress("namespaces made")
+        if st.agent:
+            self._parallel(lambda n: self._sysctl(n, BOOT_SYSCTLS), st.nodes)  # veths inherit
+            self._plug_all(progress)
         self._parallel(lambda n: self._start_frr(n, sites.get(n.index, site)), st.nodes)
         progress("FRR started on every node")
         if st.agent:
             for n in st.nodes:
                 self.spawn(n.index, self.agent_argv(n), "agent")
             progress("node runtimes started")
-        run(["ip", "-batch", "-"], input="".join(self._veth(a, b) for a, b in st.edges))
-        self._parallel(self._links_up, st.nodes)
-        progress(f"{len(st.edges)} cables plugged")
+        else:
+            self._plug_all(progress)
         if st.services.get("etcd"):
             from lab.stack import start_etcd_cluster  # the stack above FRR
 
@@ -500,6 +505,12 @@ class Lab:
     def status_file(self, ref: str | int) -> Path:
         """The node runtime's status (kubermesh status --file …)."""
         return self.node_dir(self.node(ref)) / "status.json"
+
+    def _plug_all(self, progress: Progress) -> None:
+        st = self.state
+        run(["ip", "-batch", "-"], input="".join(self._veth(a, b) for a, b in st.edges))
+        self._parallel(self._links_up, st.nodes)
+        progress(f"{len(st.edges)} cables plugged")
 
     def _parallel(self, fn: Callable[[LabNode], object], nodes: Iterable[LabNode]) -> None:
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
