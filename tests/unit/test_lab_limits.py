@@ -61,6 +61,9 @@ def test_the_lab_chooses_timers_that_hold_at_its_size() -> None:
                      "bfd_multiplier": 3}  # the site's defaults
     assert small["bfd_interval_ms"] < mid["bfd_interval_ms"] < big["bfd_interval_ms"]
     assert lab_timers(400, 4) == mid and lab_timers(400, 8) == small  # more cores: faster
+    # With the node runtime a node weighs more: 45 of them on 2 cores get BFD 300 ms.
+    assert lab_timers(45, 2) == small and lab_timers(45, 2, agent=True) == mid
+    assert lab_timers(16, 2, agent=True) == small
     assert describe_timers(big) == ("hello 2 s, dead 8 s, BFD 1000 ms x 3 (a silent death "
                                     "seen after 3 s), SPF after 200 ms, then every 1000 ms "
                                     "to 5000 ms")
