@@ -147,16 +147,24 @@ def test_an_heir_replaces_the_gone_holders_member(
     assert dead not in runner.env["ETCD_INITIAL_CLUSTER"]
 
 
+def holding_slot_0_with_a_started_member(e: Etcd, slots: Slots, mine_id: str
+                                         ) -> tuple[dict[str, IPv6Address],
+                                                    list[dict[str, Any]]]:
+    """This node holds slot 0 with no data; the other two holders' loopbacks, and
+    the cluster's members: a started one (named) under this node's own peer URL."""
+    slots.slot = 0
+    lo = others(e, slots, {"10.0.0.2": 1, "10.0.0.3": 2})
+    return lo, [{"ID": mine_id, "name": e.me.name, "peerURLs": [e.me.peer_url]},
+                {"ID": "22", "name": "x", "peerURLs": [peer(lo["10.0.0.2"])]},
+                {"ID": "23", "name": "y", "peerURLs": [peer(lo["10.0.0.3"])]}]
+
+
 def test_a_holder_whose_data_is_gone_is_removed_and_added_again(
         node: tuple[Etcd, Slots, FakeRunner], monkeypatch: pytest.MonkeyPatch) -> None:
     """A netbooted holder reboots within the grace with /var (its member data) gone:
     etcd refuses an empty log under an old member id, so it is re-added."""
     e, slots, runner = node
-    slots.slot = 0
-    lo = others(e, slots, {"10.0.0.2": 1, "10.0.0.3": 2})
-    listed = [{"ID": "21", "name": e.me.name, "peerURLs": [e.me.peer_url]},
-              {"ID": "22", "name": "x", "peerURLs": [peer(lo["10.0.0.2"])]},
-              {"ID": "23", "name": "y", "peerURLs": [peer(lo["10.0.0.3"])]}]
+    _, listed = holding_slot_0_with_a_started_member(e, slots, "21")
     calls: list[tuple[str, Any]] = []
 
     def api(url: str, call: str, body: Any = None) -> Any:
@@ -183,11 +191,7 @@ def test_a_twin_never_removes_the_running_member_of_its_double(
     finds a started member under its address that the cluster still talks to: it is
     its double's, alive. Nothing is removed or added, nothing starts, and it says why."""
     e, slots, runner = node
-    slots.slot = 0
-    lo = others(e, slots, {"10.0.0.2": 1, "10.0.0.3": 2})
-    listed = [{"ID": "185828541645115251", "name": e.me.name, "peerURLs": [e.me.peer_url]},
-              {"ID": "22", "name": "x", "peerURLs": [peer(lo["10.0.0.2"])]},
-              {"ID": "23", "name": "y", "peerURLs": [peer(lo["10.0.0.3"])]}]
+    lo, listed = holding_slot_0_with_a_started_member(e, slots, "185828541645115251")
     calls: list[str] = []
 
     def api(url: str, call: str, body: Any = None) -> Any:
