@@ -14,6 +14,7 @@ from pathlib import Path
 
 from image.errors import BuildError
 from image.run import Log, nspawn, run
+from mesh.frr import WATCHFRR_OPTIONS
 
 # The venv holding the project's code and its pinned dependencies in the image.
 VENV = "/usr/lib/kubermesh"
@@ -188,16 +189,12 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
 
 
 def tune_frr(tree: Path) -> None:
-    """The mesh's daemons on (ospf6d, bfdd; zebra always runs), and watchfrr given
-    time to see daemons come up on slow nodes (old PCs, emulated VMs).
-
-    Its restart timeout (20 s) made a slow first boot kill
-    and restart zebra and fail frr.service; a hung daemon is still caught.
-    """
+    """The mesh's daemons on (ospf6d, bfdd; zebra always runs), and watchfrr's
+    options (WATCHFRR_OPTIONS)."""
     daemons = tree / "etc/frr/daemons"
     text = daemons.read_text()
     edits = {"\n#watchfrr_options=\"\"":
-             '\nwatchfrr_options="--timeout 180 --restart-timeout 120"',
+             f'\nwatchfrr_options="{" ".join(WATCHFRR_OPTIONS)}"',
              "\nospf6d=no": "\nospf6d=yes", "\nbfdd=no": "\nbfdd=yes"}
     for old, new in edits.items():
         if old not in text:

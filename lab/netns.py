@@ -32,7 +32,7 @@ from typing import Any
 
 from firstboot.files import write_atomic
 from mesh import plan, topology
-from mesh.frr import FRR_BIN, FRR_DAEMONS, FRR_RELOAD, render_frr_conf
+from mesh.frr import FRR_BIN, FRR_DAEMONS, FRR_RELOAD, WATCHFRR_OPTIONS, render_frr_conf
 from mesh.kubecontrol import COMPONENTS as KUBE_CONTROL_PLANE
 from mesh.plan import HardwareIdentity, NodeIdentity
 from mesh.site import Site, load_site, new_site_toml
@@ -547,8 +547,9 @@ class Lab:
         left from an earlier life), then zebra, ospf6d and bfdd in the node's
         netns, in a private mount namespace where the node's own directories
         stand over /run/frr and /etc/frr (ospf6d keeps state at fixed paths
-        there); then the rendered integrated config is applied the way FRR's
-        init does, with vtysh -b. One `ip netns exec` for all of it."""
+        there), and watchfrr, which starts again a daemon that crashes, as on a
+        PC; then the rendered integrated config is applied the way FRR's init
+        does, with vtysh -b. One `ip netns exec` for all of it."""
         d = self.node_dir(n)
         conf = d / "etc" / "frr.conf"
         if not self.state.agent:  # it holds the OSPF key: frr's only
@@ -562,6 +563,10 @@ class Lab:
                      owner="frr")
         for pid in (d / "run").glob("*.pid"):
             pid.unlink()
+        watchfrr = d / "watchfrr.sh"
+        write_atomic(watchfrr, _watchfrr_script(d), 0o700)
+        command = " ".join(f"-{c} '/bin/sh {watchfrr} {action} %s'"
+                           for c, action in (("r", "restart"), ("s", "start"), ("k", "stop")))
         script = " && ".join([
             "sysctl -q -w " + " ".join(f"{k}={v}" for k, v in BOOT_SYSCTLS.items()),
             "ip link set dev lo up",
@@ -570,8 +575,9 @@ class Lab:
             f"ip addr add {n.loopback}/128 dev lo",
             f"mount --bind {d}/run /run/frr",
             f"mount --bind {d}/etc /etc/frr",
-            *(f"{FRR_BIN}/{daemon} -d -u frr -g frr -f /dev/null --log file:{d}/{daemon}.log"
-              for daemon in FRR_DAEMONS),
+            *(f"{FRR_BIN}/{daemon} {_daemon_options(d, daemon)}" for daemon in FRR_DAEMONS),
+            f"{FRR_BIN}/watchfrr -d --log file:{d}/watchfrr.log {' '.join(WATCHFRR_OPTIONS)} "
+            f"{command} {' '.join(FRR_DAEMONS)}",
         ])
         Path("/run/frr").mkdir(exist_ok=True)
         run(["ip", "netns", "exec", n.namespace, "unshare", "--mount", "--propagation",
@@ -893,6 +899,43 @@ class Lab:
             while pids and time.monotonic() < deadline:
                 time.sleep(0.05)
                 pids = [p for p in pids if _alive(p)]
+
+
+def _daemon_options(d: Path, daemon: str) -> str:
+    """How a lab node's FRR daemon is started: detached, as frr, its log in the
+    node's directory; its configuration comes after, through vtysh -b."""
+    return f"-d -u frr -g frr -f /dev/null --log file:{d}/{daemon}.log"
+
+
+def _watchfrr_script(d: Path) -> str:
+    """watchfrr's start, stop and restart of one daemon of the lab node whose
+    directory is d: what frrinit.sh does on a PC (a daemon started again reads the
+    integrated configuration through vtysh -b -d). It runs in the node's namespaces,
+    where /run/frr and /etc/frr are the node's own, and ends a daemon only by the PID
+    its pid file names, when that process is still the daemon."""
+    return f"""#!/bin/sh
+action=$1 daemon=$2
+pidfile={d}/run/$daemon.pid
+stop() {{
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    if [ "$(cat /proc/$pid/comm 2>/dev/null)" = "$daemon" ]; then
+        kill -9 "$pid"
+        for _ in $(seq 50); do [ -e /proc/$pid ] || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+}}
+start() {{
+    {FRR_BIN}/$daemon {_daemon_options(d, "$daemon")} &&
+    vtysh -b -d "$daemon" --config_dir {d}/etc --vty_socket {d}/run
+}}
+case $action in
+    start) start ;;
+    stop) stop ;;
+    restart) stop; start ;;
+    *) echo "usage: $0 start|stop|restart DAEMON" >&2; exit 2 ;;
+esac
+"""
 
 
 def _alive(pid: int) -> bool:

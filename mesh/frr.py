@@ -14,6 +14,11 @@ FRR_DAEMONS = ("zebra", "ospf6d", "bfdd")
 FRR_BIN = Path("/usr/lib/frr")
 # Applies a changed frr.conf to running daemons (Debian package frr-pythontools).
 FRR_RELOAD = FRR_BIN / "frr-reload.py"
+# watchfrr restarts a daemon that crashed or hangs. It is given time to see daemons
+# come up on slow nodes (old PCs, emulated VMs): with its restart timeout of 20 s a
+# slow first boot killed and restarted zebra and failed frr.service. A hung daemon
+# is still caught. The image's frr.service and every lab node run it with these.
+WATCHFRR_OPTIONS = ("--timeout", "180", "--restart-timeout", "120")
 
 # A link's OSPF cost from its speed: 10 Gb/s costs 10, 1 Gb/s 100, 100 Mb/s 1000, so
 # traffic prefers fast cables over a slow short cut. (FRR's own `auto-cost

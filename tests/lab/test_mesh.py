@@ -6,7 +6,9 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +113,28 @@ def test_kill_partitions_a_line(make_lab: LabFactory) -> None:
     lab.revive(2)
     lab.wait_converged(timeout=30)
     assert lab.ping(1, 4)
+
+
+def test_a_crashed_daemon_is_started_again_with_its_configuration(
+        make_lab: LabFactory) -> None:
+    """As on a PC, watchfrr starts again an FRR daemon that dies (an ospf6d 8.4 can
+    crash in a BFD flap), and the daemon reads the node's configuration again: the
+    node's routes come back with no one's help."""
+    lab = make_lab("line:3")
+    old = lab._daemon_pid(lab.node(2), "ospf6d")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for("n2's ospf6d gone", lambda: not running(old), timeout=10)
+
+    def started_again() -> bool:
+        new = lab._daemon_pid(lab.node(2), "ospf6d")
+        return new not in (None, old) and not lab.crashed(lab.node(2))
+    wait_for("watchfrr to start n2's ospf6d again", started_again, timeout=60)
+    # Both adjacencies Full on the new ospf6d: it has its areas and key again.
+    wait_for("n2's adjacencies Full again",
+             lambda: next(st for st in lab.status() if st.name == "n2").full == 2, timeout=60)
+    lab.wait_converged(timeout=60)
+    assert lab.ping(1, 3)
 
 
 def test_cut_takes_the_other_path_and_plug_restores(make_lab: LabFactory) -> None:
