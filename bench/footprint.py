@@ -1,4 +1,5 @@
-"""Footprint: memory and CPU of the routing daemons (zebra, ospf6d, bfdd) per node.
+"""Footprint: memory and CPU of the routing daemons (zebra, ospf6d, bfdd, and the
+watchfrr that watches them) per node.
 
     python -m bench.footprint [--topology random:25:4] [--cpu-window 30]
 
@@ -22,6 +23,8 @@ from bench.common import lab, save
 from lab.netns import describe_timers
 from mesh.frr import FRR_DAEMONS
 from mesh.topology import parse
+
+DAEMONS = (*FRR_DAEMONS, "watchfrr")
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -49,13 +52,13 @@ def main() -> None:
         # FRR's own cost, with the timers the lab chooses for this size (it says).
         the_lab.up(parse(args.topology), agent=False, progress=print)
         the_lab.wait_converged(300)
-        per_daemon: dict[str, list[tuple[int, int]]] = {d: [] for d in FRR_DAEMONS}
+        per_daemon: dict[str, list[tuple[int, int]]] = {d: [] for d in DAEMONS}
         for node in the_lab.state.nodes:
-            for daemon in FRR_DAEMONS:
+            for daemon in DAEMONS:
                 pid = the_lab._daemon_pid(node, daemon)
                 assert pid is not None, f"{node.name}: no {daemon}"
                 per_daemon[daemon].append(memory_kib(pid))
-        pids = [pid for node in the_lab.state.nodes for d in FRR_DAEMONS
+        pids = [pid for node in the_lab.state.nodes for d in DAEMONS
                 if (pid := the_lab._daemon_pid(node, d)) is not None]
         before, start = sum(map(cpu_seconds, pids)), time.monotonic()
         time.sleep(args.cpu_window)
@@ -69,8 +72,8 @@ def main() -> None:
     for d, values in per_daemon.items():
         result[d] = {"rss_mib": statistics.mean(v[0] for v in values) / 1024,
                      "pss_mib": statistics.mean(v[1] for v in values) / 1024}
-    result["node_rss_mib"] = sum(result[d]["rss_mib"] for d in FRR_DAEMONS)  # type: ignore[index]
-    result["node_pss_mib"] = sum(result[d]["pss_mib"] for d in FRR_DAEMONS)  # type: ignore[index]
+    result["node_rss_mib"] = sum(result[d]["rss_mib"] for d in DAEMONS)  # type: ignore[index]
+    result["node_pss_mib"] = sum(result[d]["pss_mib"] for d in DAEMONS)  # type: ignore[index]
     print(json.dumps(result, indent=1))
     save("footprint", result)
 
