@@ -41,6 +41,7 @@ from mesh.topology import Topology
 LAB_ROOT = Path("/run/kubermesh/lab")
 # Where a failed lab's logs are kept (a lab's own directory goes with it).
 KEPT_LOGS = Path("/var/tmp/kubermesh-lab-logs")
+FRR_TMP = Path("/var/tmp/frr")  # FRR 8.4 puts each daemon's log buffer and crash log here
 LAB_NAME = re.compile(r"^[a-z0-9]{1,8}$")
 WORKERS = 8
 
@@ -526,9 +527,9 @@ class Lab:
 
     def _node_dirs(self, n: LabNode) -> None:
         d = self.node_dir(n)
-        for sub in ("run", "etc"):
+        for sub in ("run", "etc", "tmp"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        for p in (d, d / "run", d / "etc"):
+        for p in (d, d / "run", d / "etc", d / "tmp"):
             shutil.chown(p, "frr", "frr")
             p.chmod(0o750)  # frr.conf holds the OSPF key
 
@@ -575,11 +576,16 @@ class Lab:
             f"ip addr add {n.loopback}/128 dev lo",
             f"mount --bind {d}/run /run/frr",
             f"mount --bind {d}/etc /etc/frr",
+            # Each daemon's log buffer, and its crash log with a backtrace, go to
+            # /var/tmp/frr/<daemon>.<pid>: the node's own, removed with the lab
+            # and kept with its logs.
+            f"mount --bind {d}/tmp {FRR_TMP}",
             *(f"{FRR_BIN}/{daemon} {_daemon_options(d, daemon)}" for daemon in FRR_DAEMONS),
             f"{FRR_BIN}/watchfrr -d --log file:{d}/watchfrr.log {' '.join(WATCHFRR_OPTIONS)} "
             f"{command} {' '.join(FRR_DAEMONS)}",
         ])
         Path("/run/frr").mkdir(exist_ok=True)
+        FRR_TMP.mkdir(parents=True, exist_ok=True)
         run(["ip", "netns", "exec", n.namespace, "unshare", "--mount", "--propagation",
              "private", "sh", "-c", script])
         run(["vtysh", "-b", "--config_dir", str(d / "etc"), "--vty_socket", str(d / "run")])
@@ -880,7 +886,9 @@ class Lab:
 
     def _keep(self, dest: Path) -> None:
         for f in sorted(self.dir.rglob("*")):
-            if f.is_file() and (f.suffix in (".log", ".json", ".conflist") or f.name == "frr.conf"):
+            parts = f.relative_to(self.dir).parts  # FRR's crash logs: <node>/tmp/<daemon>.<pid>/
+            if f.is_file() and (f.suffix in (".log", ".json", ".conflist") or f.name == "frr.conf"
+                                or (parts[1:2] == ("tmp",) and not f.name.startswith("logbuf."))):
                 target = dest / f.relative_to(self.dir)
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 shutil.copyfile(f, target)

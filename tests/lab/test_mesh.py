@@ -116,14 +116,15 @@ def test_kill_partitions_a_line(make_lab: LabFactory) -> None:
 
 
 def test_a_crashed_daemon_is_started_again_with_its_configuration(
-        make_lab: LabFactory) -> None:
+        make_lab: LabFactory, tmp_path: Path) -> None:
     """As on a PC, watchfrr starts again an FRR daemon that dies (an ospf6d 8.4 can
     crash in a BFD flap), and the daemon reads the node's configuration again: the
-    node's routes come back with no one's help."""
+    node's routes come back with no one's help. The crash log FRR writes is the
+    node's, and kept with the lab's logs."""
     lab = make_lab("line:3")
     old = lab._daemon_pid(lab.node(2), "ospf6d")
     assert old is not None
-    os.kill(old, signal.SIGKILL)
+    os.kill(old, signal.SIGSEGV)  # what the crash in ospf6_neighbor_delete was
     wait_for("n2's ospf6d gone", lambda: not running(old), timeout=10)
 
     def started_again() -> bool:
@@ -135,6 +136,9 @@ def test_a_crashed_daemon_is_started_again_with_its_configuration(
              lambda: next(st for st in lab.status() if st.name == "n2").full == 2, timeout=60)
     lab.wait_converged(timeout=60)
     assert lab.ping(1, 3)
+    kept = lab.down(keep_logs=tmp_path / "kept")
+    assert kept is not None
+    assert [p.name for p in kept.glob("n2/tmp/ospf6d.*/*")] == ["crashlog"]
 
 
 def test_cut_takes_the_other_path_and_plug_restores(make_lab: LabFactory) -> None:
