@@ -60,3 +60,17 @@ def test_the_live_mesh_is_what_the_spf_tree_reaches() -> None:
     assert "km-a" in resilience.words(r) or r["articulation_points"] == ["b"]
     assert resilience.words(resilience.report(resilience.mesh_of("a", set(), []))).startswith(
         "mesh: 1 nodes, 0 cables")
+
+
+def test_two_triangles_joined_by_one_cable_and_a_pair_apart() -> None:
+    """The bowtie's joining cable is its only bridge, its ends the only single points
+    of failure; a pair cabled apart from it is a second piece with its own bridge."""
+    triangles = [("a", "b"), ("b", "c"), ("a", "c"), ("x", "y"), ("y", "z"), ("x", "z")]
+    m = resilience.Mesh(("a", "b", "c", "x", "y", "z", "p", "q"),
+                        (*triangles, ("z", "c"), ("q", "p"), ("p", "q")))
+    r = resilience.report(m, samples=20)
+    assert (r["nodes"], r["cables"], r["pieces"]) == (8, 8, 2)
+    assert r["articulation_points"] == ["c", "z"]
+    assert r["bridges"] == [["c", "z"], ["p", "q"]]
+    assert r["degrees"]["c"] == 3 and r["degrees"]["p"] == 1
+    assert r["degree_histogram"] == {"1": 2, "2": 4, "3": 2}
