@@ -216,8 +216,8 @@ LAB_TIMERS: tuple[tuple[float, dict[str, int]], ...] = (
 
 
 # What one lab node costs in memory (MiB, proportional set size measured on a
-# converged 45-node lab: zebra 7, ospf6d 3, bfdd 2; the node runtime 32).
-FRR_MIB = 14
+# converged 45-node lab: zebra 7, ospf6d 3, bfdd 2, watchfrr 1; the node runtime 32).
+FRR_MIB = 15
 AGENT_MIB = 36
 
 
@@ -369,7 +369,7 @@ class Lab:
         if self.exists():
             raise LabError(f"lab {self.name!r} is already up: run `kubermesh lab down` first")
         check_memory(topo.nodes, agent, available_mib())
-        for tool in [FRR_BIN / d for d in FRR_DAEMONS]:
+        for tool in [FRR_BIN / d for d in (*FRR_DAEMONS, "watchfrr")]:
             if not tool.exists():
                 raise LabError(f"{tool} is missing: install FRR (apt-get install frr)")
         if agent and not FRR_RELOAD.exists():
@@ -839,6 +839,11 @@ class Lab:
     def _pids(namespace: str) -> list[int]:
         return _pids_in([namespace])[namespace]
 
+    def crash_logs(self) -> list[Path]:
+        """The crash logs FRR daemons of this lab wrote (each daemon that crashed,
+        even one watchfrr started again)."""
+        return sorted(self.dir.glob("*/tmp/*/crashlog"))
+
     def crashed(self, n: LabNode) -> list[str]:
         """FRR daemons of a live node that are no longer running (by their PID
         files and /proc: no pass over every process, which 400 nodes make slow)."""
@@ -917,31 +922,39 @@ def _daemon_options(d: Path, daemon: str) -> str:
 
 def _watchfrr_script(d: Path) -> str:
     """watchfrr's start, stop and restart of one daemon of the lab node whose
-    directory is d: what frrinit.sh does on a PC (a daemon started again reads the
-    integrated configuration through vtysh -b -d). It runs in the node's namespaces,
-    where /run/frr and /etc/frr are the node's own, and ends a daemon only by the PID
-    its pid file names, when that process is still the daemon."""
+    directory is d, or of `all` of them (FRR 8.4's watchfrr restarts everything when
+    zebra dies): what frrinit.sh does on a PC, where a daemon started again reads
+    the integrated configuration through vtysh -b -d. It runs in the node's
+    namespaces, where /run/frr and /etc/frr are the node's own, and ends a daemon
+    only by the PID its pid file names, when that process is still the daemon and
+    in this node's network namespace (400 nodes run 400 ospf6d)."""
     return f"""#!/bin/sh
-action=$1 daemon=$2
-pidfile={d}/run/$daemon.pid
+action=$1
+if [ "$2" = all ]; then daemons="{' '.join(FRR_DAEMONS)}"; else daemons=$2; fi
 stop() {{
+    pidfile={d}/run/$1.pid
     [ -f "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
-    if [ "$(cat /proc/$pid/comm 2>/dev/null)" = "$daemon" ]; then
+    if [ "$(cat /proc/$pid/comm 2>/dev/null)" = "$1" ] &&
+       [ "$(readlink /proc/$pid/ns/net)" = "$(readlink /proc/self/ns/net)" ]; then
         kill -9 "$pid"
         for _ in $(seq 50); do [ -e /proc/$pid ] || break; sleep 0.1; done
     fi
     rm -f "$pidfile"
 }}
 start() {{
-    {FRR_BIN}/$daemon {_daemon_options(d, "$daemon")} &&
-    vtysh -b -d "$daemon" --config_dir {d}/etc --vty_socket {d}/run
+    {FRR_BIN}/$1 {_daemon_options(d, "$1")} &&
+    vtysh -b -d "$1" --config_dir {d}/etc --vty_socket {d}/run
 }}
+reversed=""
+for daemon in $daemons; do reversed="$daemon $reversed"; done
 case $action in
-    start) start ;;
-    stop) stop ;;
-    restart) stop; start ;;
-    *) echo "usage: $0 start|stop|restart DAEMON" >&2; exit 2 ;;
+    start) for daemon in $daemons; do start $daemon || exit 1; done ;;
+    stop) for daemon in $reversed; do stop $daemon; done ;;
+    restart)
+        for daemon in $reversed; do stop $daemon; done
+        for daemon in $daemons; do start $daemon || exit 1; done ;;
+    *) echo "usage: $0 start|stop|restart DAEMON|all" >&2; exit 2 ;;
 esac
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,11 +41,17 @@ def _factory(request: pytest.FixtureRequest) -> Iterator[LabFactory]:
         yield make
     finally:
         # A failed test's lab leaves its logs behind (KEPT_LOGS), and says where.
+        # So does one where an FRR daemon crashed, even if watchfrr brought it back.
         failed = request.session.testsfailed > failed_before
         for lab in made:
-            kept = lab.down(keep_logs=failed)
+            crashes = [str(p.relative_to(lab.dir)) for p in lab.crash_logs()] \
+                if lab.exists() else []
+            kept = lab.down(keep_logs=failed or bool(crashes))
             if kept is not None:
                 print(f"\nlab {lab.name}: logs kept in {kept}")
+            if crashes:
+                warnings.warn(f"lab {lab.name}: FRR crashed ({', '.join(crashes)}); its "
+                              f"logs are kept in {kept}", stacklevel=1)
 
 
 @pytest.fixture

@@ -115,30 +115,33 @@ def test_kill_partitions_a_line(make_lab: LabFactory) -> None:
     assert lab.ping(1, 4)
 
 
+@pytest.mark.parametrize("daemon", ["ospf6d", "zebra"])
 def test_a_crashed_daemon_is_started_again_with_its_configuration(
-        make_lab: LabFactory, tmp_path: Path) -> None:
+        make_lab: LabFactory, tmp_path: Path, daemon: str) -> None:
     """As on a PC, watchfrr starts again an FRR daemon that dies (an ospf6d 8.4 can
-    crash in a BFD flap), and the daemon reads the node's configuration again: the
-    node's routes come back with no one's help. The crash log FRR writes is the
-    node's, and kept with the lab's logs."""
+    crash in a BFD flap; when zebra dies, watchfrr starts every daemon again), and
+    each reads the node's configuration again: the node's routes come back with no
+    one's help. The crash log FRR writes is the node's, and kept with the lab's logs."""
     lab = make_lab("line:3")
-    old = lab._daemon_pid(lab.node(2), "ospf6d")
+    old = lab._daemon_pid(lab.node(2), daemon)
     assert old is not None
     os.kill(old, signal.SIGSEGV)  # what the crash in ospf6_neighbor_delete was
-    wait_for("n2's ospf6d gone", lambda: not running(old), timeout=10)
+    wait_for(f"n2's {daemon} gone", lambda: not running(old), timeout=10)
 
     def started_again() -> bool:
-        new = lab._daemon_pid(lab.node(2), "ospf6d")
+        new = lab._daemon_pid(lab.node(2), daemon)
         return new not in (None, old) and not lab.crashed(lab.node(2))
-    wait_for("watchfrr to start n2's ospf6d again", started_again, timeout=60)
-    # Both adjacencies Full on the new ospf6d: it has its areas and key again.
+    wait_for(f"watchfrr to start n2's {daemon} again", started_again, timeout=60)
+    # Both adjacencies Full on n2's ospf6d: it has its areas and key again.
     wait_for("n2's adjacencies Full again",
              lambda: next(st for st in lab.status() if st.name == "n2").full == 2, timeout=60)
     lab.wait_converged(timeout=60)
     assert lab.ping(1, 3)
+    assert [p.relative_to(lab.dir) for p in lab.crash_logs()] == [
+        p.relative_to(lab.dir) for p in lab.dir.glob(f"n2/tmp/{daemon}.*/crashlog")]
     kept = lab.down(keep_logs=tmp_path / "kept")
     assert kept is not None
-    assert [p.name for p in kept.glob("n2/tmp/ospf6d.*/*")] == ["crashlog"]
+    assert [p.name for p in kept.glob(f"n2/tmp/{daemon}.*/*")] == ["crashlog"]
 
 
 def test_cut_takes_the_other_path_and_plug_restores(make_lab: LabFactory) -> None:
