@@ -251,7 +251,9 @@ class Etcd(Controller):
         data = self.cfg.paths.etcd_data
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         assert self.runner is not None  # reconcile returns before, without one
-        self.runner.start(etcd.environment(self.me, cluster, state, data, self.token))
+        cp = self.cfg.site.control_plane
+        self.runner.start(etcd.environment(self.me, cluster, state, data, self.token,
+                                           cp.etcd_heartbeat_ms, cp.etcd_election_ms))
         self.state = "starting"
 
     def close(self) -> None:

@@ -41,9 +41,11 @@ def initial_cluster(members: Mapping[str, str]) -> str:
 
 
 def environment(me: Member, cluster: Mapping[str, str], state: str, data_dir: Path,
-                token: str) -> dict[str, str]:
+                token: str, heartbeat_ms: int = 500, election_ms: int = 5000
+                ) -> dict[str, str]:
     """etcd's configuration for this member: `state` is "new" when the slot holders
-    found the cluster together, "existing" when this member joins a running one."""
+    found the cluster together, "existing" when this member joins a running one;
+    its heartbeat and election timeout are the site's (control_plane.etcd_*_ms)."""
     if state not in ("new", "existing"):
         raise ValueError(f"initial cluster state {state!r} is not new or existing")
     if me.name not in cluster:
@@ -58,12 +60,13 @@ def environment(me: Member, cluster: Mapping[str, str], state: str, data_dir: Pa
         "ETCD_INITIAL_CLUSTER": initial_cluster(cluster),
         "ETCD_INITIAL_CLUSTER_STATE": state,
         "ETCD_INITIAL_CLUSTER_TOKEN": token,
-        # Hearts every 500 ms, a leader lost after 5 s: etcd's LAN default (100 ms)
-        # cost a slow PC (an emulated one, in the VM tests) a sixth of its CPU when
-        # idle, enough to make its BFD sessions flap. A dead leader stalls writes
-        # for 5 s; a dead holder's slot waits for its grace (300 s by default) anyway.
-        "ETCD_HEARTBEAT_INTERVAL": "500",
-        "ETCD_ELECTION_TIMEOUT": "5000",
+        # The site's default, a heartbeat every 500 ms and a leader lost after 5 s:
+        # etcd's LAN default (100 ms) cost a slow PC (an emulated one, in the VM
+        # tests) a sixth of its CPU when idle, enough to make its BFD sessions flap.
+        # A dead leader stalls writes for about the election timeout; a dead
+        # holder's slot waits for its grace (300 s by default) anyway.
+        "ETCD_HEARTBEAT_INTERVAL": str(heartbeat_ms),
+        "ETCD_ELECTION_TIMEOUT": str(election_ms),
     }
 
 

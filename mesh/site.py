@@ -105,6 +105,10 @@ class ControlPlaneSettings:
     # reboot (firmware included) comes back within it; replacing an etcd member is not
     # free, and Kubernetes itself waits 300 s before it evicts a lost node's pods.
     grace: int = 300
+    # etcd's heartbeat and election timeout (ms): a dead etcd leader stalls writes,
+    # and the apiservers' readiness, for about one election timeout.
+    etcd_heartbeat_ms: int = 500
+    etcd_election_ms: int = 5000
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "count": (_int(1, 7), ControlPlaneSettings.count),
         "nodes": (_identities, []),
         "grace": (_int(5, 3600), ControlPlaneSettings.grace),
+        "etcd_heartbeat_ms": (_int(10, 10_000), ControlPlaneSettings.etcd_heartbeat_ms),
+        "etcd_election_ms": (_int(50, 50_000), ControlPlaneSettings.etcd_election_ms),
     },
     "join": {
         "policy": (_policy, "manual"),
@@ -477,6 +483,10 @@ def _cross_checks(site: Site) -> list[str]:
     if pods.range.overlaps(svc.range):
         problems.append(f"services.range: {svc.range} overlaps pods.range {pods.range}")
     cp = site.control_plane
+    if cp.etcd_election_ms < 5 * cp.etcd_heartbeat_ms:
+        problems.append(f"control_plane.etcd_election_ms: {cp.etcd_election_ms} ms must be at "
+                        f"least 5 times control_plane.etcd_heartbeat_ms "
+                        f"({cp.etcd_heartbeat_ms} ms): etcd refuses to start otherwise")
     if not _certifies(site.boot.certificate, site.secrets.boot_key):
         problems.append("boot.certificate: not the certificate of secrets.boot_key")
     if not _certifies(cp.ca_certificate, site.secrets.cluster_ca_key):
@@ -663,6 +673,13 @@ etcd = "{anycast.network_address + 2}"
 # unreachable for `grace` seconds, another node takes its slot.
 count = 3
 grace = 300
+# etcd's heartbeat and election timeout (ms). A dead etcd leader stalls writes,
+# and so the apiserver's anycast address, for about one election timeout
+# (measured: 5-7 s at 500/5000; etcd's LAN default is 100/1000, which cost an
+# emulated PC a sixth of its CPU when idle). The election timeout must be at
+# least 5 heartbeats.
+etcd_heartbeat_ms = 500
+etcd_election_ms = 5000
 # Only these PCs may hold a slot (hardware identities as `kubermesh status`
 # shows them, e.g. "dmi:4c4c4544-…"); empty: any node.
 nodes = []

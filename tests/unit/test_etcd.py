@@ -34,6 +34,9 @@ def test_the_members_configuration() -> None:
     assert env["ETCD_INITIAL_CLUSTER"] == (
         "km-aaaaaaaaaaaa=http://[fd00:1::aaaa:aaaa:aaaa:aaaa]:2380,km-b=http://[fd00:1::b]:2380")
     assert env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+    assert (env["ETCD_HEARTBEAT_INTERVAL"], env["ETCD_ELECTION_TIMEOUT"]) == ("500", "5000")
+    fast = etcd.environment(A, {A.name: A.peer_url}, "new", Path("/d"), "t", 100, 1000)
+    assert (fast["ETCD_HEARTBEAT_INTERVAL"], fast["ETCD_ELECTION_TIMEOUT"]) == ("100", "1000")
     assert "ETCD_NAME=km-aaaaaaaaaaaa\n" in environment_file(env)
     with pytest.raises(ValueError, match="not in the initial cluster"):
         etcd.environment(A, {"km-b": "x"}, "new", Path("/d"), "t")
