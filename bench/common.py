@@ -21,11 +21,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = None,
-              grace: int | None = None) -> Path:
-    """A fresh site, with the BFD timers or the control-plane grace changed if asked."""
+              grace: int | None = None, etcd_ms: tuple[int, int] | None = None) -> Path:
+    """A fresh site, with the BFD timers, the control-plane grace or etcd's
+    (heartbeat, election timeout) changed if asked."""
     text = new_site_toml("bench")
     if grace is not None:
         text = text.replace("grace = 300", f"grace = {grace}")
+    if etcd_ms is not None:
+        text = text.replace("etcd_heartbeat_ms = 500", f"etcd_heartbeat_ms = {etcd_ms[0]}")
+        text = text.replace("etcd_election_ms = 5000", f"etcd_election_ms = {etcd_ms[1]}")
     if bfd_interval_ms is not None:
         text = text.replace("bfd_interval_ms = 100", f"bfd_interval_ms = {bfd_interval_ms}")
     if bfd_multiplier is not None:

@@ -259,3 +259,24 @@ def slot_etcd_differs(lab: Lab, holders: list[int]) -> list[str]:
         if names != want:
             problems.append(f"n{i}'s member lists {sorted(names)}, not {sorted(want)}")
     return problems
+
+
+def kube_states(lab: Lab) -> dict[int, str]:
+    """Each live node's Kubernetes control-plane state ("running", "no slot", …)."""
+    return {i: v.get("kubernetes", {}).get("state", "") for i, v in slot_views(lab).items()}
+
+
+def apiserver_served_by(lab: Lab, client: int, anycast: IPv6Address, port: int) -> int:
+    """The node whose apiserver answers `client` at the anycast address: the one
+    whose hostname its serving certificate names (a holder, or an heir)."""
+    import sys
+
+    from cryptography import x509
+
+    r = lab.exec(client, [sys.executable, "-c", "import ssl, sys; print(ssl.get_server_"
+                          f"certificate(('{anycast}', {port}), timeout=5))"], timeout=30)
+    cert = x509.load_pem_x509_certificate(r.stdout.encode())
+    names = set(cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+    [holder] = [n.index for n in lab.state.nodes if n.hostname in names]
+    return holder

@@ -29,7 +29,12 @@ from firstboot.files import write_atomic
 from image.kubernetes import CACHE
 from image.kubesource import find_built
 from lab.netns import Lab
-from lab.stack import lowest_router_ids, node_address, slot_views
+from lab.stack import (
+    apiserver_served_by,
+    kube_states,
+    lowest_router_ids,
+    node_address,
+)
 from mesh import eviction, kubelet, pki
 from mesh.admission import SERVING_SIGNER
 from mesh.kubelet import APISERVER_PORT
@@ -47,10 +52,6 @@ def kube_bin() -> Path:
         pytest.skip(f"no Kubernetes build in {CACHE} (kube-apiserver, kube-controller-manager, "
                     "kube-scheduler, kubectl): `./dev.sh build` makes one from Debian's source")
     return built.binaries
-
-
-def kube_states(lab: Lab) -> dict[int, str]:
-    return {i: v.get("kubernetes", {}).get("state", "") for i, v in slot_views(lab).items()}
 
 
 def kubectl(lab: Lab, ref: int, kube_bin: Path, kubeconfig: Path, *args: str,
@@ -106,7 +107,7 @@ def test_slot_holders_serve_the_apiserver_behind_its_anycast_address_and_admit_k
     # The holder whose apiserver the client reaches dies: the anycast address moves
     # to the next nearest one, which reads and writes the same etcd (once etcd has a
     # leader again: when the dead holder led it, writes fail for its election time).
-    nearest = served_by(lab, client, anycast)
+    nearest = apiserver_served_by(lab, client, anycast, APISERVER_PORT)
     lab.kill(nearest)
     killed = time.monotonic()
     wait_for("another apiserver behind the anycast address, taking a write", lambda: [] if
@@ -115,24 +116,11 @@ def test_slot_holders_serve_the_apiserver_behind_its_anycast_address_and_admit_k
              else ["no answer"], timeout=60)
     print(f"the anycast apiserver took a write again {time.monotonic() - killed:.1f} s after "
           f"the holder it reached (n{nearest}) died")
-    assert served_by(lab, client, anycast) != nearest
+    assert apiserver_served_by(lab, client, anycast, APISERVER_PORT) != nearest
 
     # The node that joined dies: the mesh loses it at once, and so does Kubernetes.
     observer = next(i for i in nodes if i not in holders and i != client and i != nearest)
     node_is_lost_at_once(lab, client, observer, kube_bin, conf, node_conf)
-
-
-def served_by(lab: Lab, client: int, anycast: IPv6Address) -> int:
-    """The node whose apiserver answers `client` at the anycast address: the one
-    whose hostname its serving certificate names (a holder, or an heir)."""
-    r = lab.exec(client, [sys.executable, "-c", "import ssl, sys; print(ssl.get_server_"
-                          f"certificate(('{anycast}', {APISERVER_PORT}), timeout=5))"],
-                 timeout=30)
-    cert = x509.load_pem_x509_certificate(r.stdout.encode())
-    names = set(cert.extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
-    [holder] = [n.index for n in lab.state.nodes if n.hostname in names]
-    return holder
 
 
 def submit_csr(lab: Lab, ref: int, kube_bin: Path, kubeconfig: Path, name: str, signer: str,
