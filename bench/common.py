@@ -43,11 +43,16 @@ def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = N
 
 @contextmanager
 def lab() -> Iterator[Lab]:
+    """A lab that is always removed; when the benchmark fails, its logs are kept."""
     the_lab = Lab("b" + secrets.token_hex(3))
     try:
         yield the_lab
-    finally:
-        the_lab.down()
+    except BaseException:
+        kept = the_lab.down(keep_logs=True)
+        if kept is not None:
+            print(f"lab {the_lab.name}: logs kept in {kept}", file=sys.stderr)
+        raise
+    the_lab.down()
 
 
 def percentile(values: list[float], p: float) -> float:
