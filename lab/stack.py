@@ -280,3 +280,31 @@ def apiserver_served_by(lab: Lab, client: int, anycast: IPv6Address, port: int) 
         x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
     [holder] = [n.index for n in lab.state.nodes if n.hostname in names]
     return holder
+
+
+_REGISTER = """
+import json, sys
+from kubernetes import client, config
+config.load_kube_config(sys.argv[1])
+api = client.CoreV1Api()
+try:
+    api.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": sys.argv[2]}})
+except client.exceptions.ApiException as e:
+    if e.status != 409:  # there already: posted Ready again, as a kubelet back from death
+        raise
+api.patch_node_status(sys.argv[2], json.loads(sys.argv[3]))
+"""
+
+
+def register_ready(lab: Lab, via: int, kubeconfig: Path, name: str) -> None:
+    """The Node `name`, Ready, as its kubelet would post it (kubectl 1.20 cannot
+    patch a status: the Python client does), through `kubeconfig` from node `via`."""
+    import sys
+    import time
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True",
+                                        "reason": "KubeletReady", "lastHeartbeatTime": now,
+                                        "lastTransitionTime": now}]}}
+    lab.exec(via, [sys.executable, "-c", _REGISTER, str(kubeconfig), name, json.dumps(ready)],
+             timeout=60)

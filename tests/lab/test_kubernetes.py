@@ -34,6 +34,7 @@ from lab.stack import (
     kube_states,
     lowest_router_ids,
     node_address,
+    register_ready,
 )
 from mesh import eviction, kubelet, pki
 from mesh.admission import SERVING_SIGNER
@@ -235,19 +236,11 @@ def node_is_lost_at_once(lab: Lab, victim: int, observer: int, kube_bin: Path, a
     seconds, the pod is evicted after its short toleration, and the ReplicaSet
     makes a new one."""
     name = lab.node(victim).hostname
-    node_file = node_conf.with_name("node.json")
-    node_file.write_text(json.dumps({"apiVersion": "v1", "kind": "Node",
-                                     "metadata": {"name": name}}))
-    kubectl(lab, victim, kube_bin, node_conf, "create", "-f", str(node_file))
-    # Ready, as its kubelet posts it (kubectl 1.20 cannot patch a status: the client).
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    ready = {"status": {"conditions": [{"type": "Ready", "status": "True",
-                                        "reason": "KubeletReady", "lastHeartbeatTime": now,
-                                        "lastTransitionTime": now}]}}
-    lab.exec(victim, [sys.executable, "-c", "import json, sys; from kubernetes import client, "
-                      "config; config.load_kube_config(sys.argv[1]); client.CoreV1Api()."
-                      "patch_node_status(sys.argv[2], json.loads(sys.argv[3]))",
-                      str(node_conf), name, json.dumps(ready)], timeout=60)
+    register_ready(lab, victim, node_conf, name)
+    # And a node that stays: were every Node not Ready, Kubernetes' node lifecycle
+    # controller would enter "master disruption mode", lift the taints and evict
+    # nothing, as it should when it cannot tell a dead cluster from a cut-off one.
+    register_ready(lab, observer, admin, lab.node(observer).hostname)
     rs = node_conf.with_name("rs.json")
     rs.write_text(json.dumps({
         "apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -358,20 +351,6 @@ def service_names_resolve(lab: Lab, client: int, site: Site, cluster_ip: str) ->
         "kubernetes.default.svc.cluster.local") == ("NOERROR", [cluster_ip]) else ["not yet"],
         timeout=30)
     assert ask("nothing.default.svc.cluster.local") == ("NXDOMAIN", [])
-
-
-def register_ready(lab: Lab, via: int, admin: Path, name: str) -> None:
-    """A Node object, Ready, as its kubelet would post it (with the admin's rights)."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
-    ready = {"status": {"conditions": [{"type": "Ready", "status": "True",
-                                        "reason": "KubeletReady", "lastHeartbeatTime": now,
-                                        "lastTransitionTime": now}]}}
-    lab.exec(via, [sys.executable, "-c", "import json, sys; from kubernetes import client, "
-                   "config; config.load_kube_config(sys.argv[1]); api = client.CoreV1Api(); "
-                   "api.create_node(json.loads(sys.argv[3])); "
-                   "api.patch_node_status(sys.argv[2], json.loads(sys.argv[4]))",
-                   str(admin), name, json.dumps(node), json.dumps(ready)], timeout=60)
 
 
 def test_a_partition_without_etcd_quorum_evicts_nothing(make_lab: LabFactory, kube_bin: Path,
