@@ -82,10 +82,10 @@ def test_the_lab_chooses_timers_that_hold_at_its_size() -> None:
 def test_a_lab_that_does_not_fit_in_memory_is_refused_naming_what_would() -> None:
     from lab.netns import check_memory, memory_needed
 
-    check_memory(400, False, 20000)  # FRR alone: ~5.6 GiB
+    check_memory(400, False, 20000)  # FRR alone: ~6 GiB
     with pytest.raises(LabError, match=r"400 nodes with the node runtime needs about "
-                                       r"20000 MiB .* 20000 MiB available; FRR alone "
-                                       r"\(--frr-only\) needs about 5600 MiB"):
+                                       r"20400 MiB .* 20000 MiB available; FRR alone "
+                                       r"\(--frr-only\) needs about 6000 MiB"):
         check_memory(400, True, 20000)
     with pytest.raises(LabError, match="make the lab smaller"):
         check_memory(400, False, 1000)
