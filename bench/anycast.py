@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
-import sys
 import time
 
-from bench.common import lab, save, summary
+from bench.common import lab, probe_while, save, summary
 from lab.netns import Lab
 from lab.stack import (
     etcd_answering,
@@ -48,22 +46,14 @@ def wait_answered_by(the_lab: Lab, client: int, member: int, timeout: float) -> 
 def trial(the_lab: Lab, client: int, nearest: int, kind: str,
           ids: dict[int, int]) -> tuple[float, float]:
     """(kill to first answer from another member, last answer from the dead one to it)."""
-    probe = subprocess.Popen(
-        ["ip", "netns", "exec", the_lab.node(client).namespace, sys.executable, "-m",
-         "bench.anycast_probe", etcd_anycast_url(the_lab), str(STREAM)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(KILL_AT)
-        killed_at = time.time()
+    def kill() -> None:
         if kind == "service":
             the_lab.stop_agent(nearest, "etcd", sig=signal.SIGKILL)
         else:
             the_lab.kill(nearest)
-        out, _ = probe.communicate(timeout=STREAM + 30)
-    finally:
-        if probe.poll() is None:
-            probe.kill()
-            probe.wait()
+
+    killed_at, out = probe_while(the_lab, client, "bench.anycast_probe",
+                                 [etcd_anycast_url(the_lab), str(STREAM)], STREAM, KILL_AT, kill)
     samples = [(t, None if m is None else ids.get(m)) for t, m in json.loads(out)]
     before = [t for t, n in samples if t < killed_at and n == nearest]
     moved = [t for t, n in samples if t >= killed_at and n not in (None, nearest)]

@@ -38,7 +38,7 @@ from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
-from bench.common import lab, save, site_file, summary
+from bench.common import lab, probe_while, save, site_file, summary
 from firstboot.files import write_atomic
 from image.kubernetes import CACHE
 from image.kubesource import find_built
@@ -55,7 +55,6 @@ from mesh.kubelet import APISERVER_PORT
 from mesh.topology import Topology, parse, pieces
 
 TOPOLOGY = "grid:3x3"
-ROOT = Path(__file__).resolve().parent.parent  # where `-m bench.apiserver_probe` is found
 STREAM = 10.0
 KILL_AT = 1.5
 
@@ -98,19 +97,10 @@ def apiserver_trial(c: Cluster, client: int, holders: list[int], lead: bool) -> 
     the_lab = c.lab
     nearest = apiserver_served_by(the_lab, client, c.anycast, APISERVER_PORT)
     make_leader(the_lab, holders, nearest, lead)
-    probe = subprocess.Popen(
-        ["ip", "netns", "exec", the_lab.node(client).namespace, sys.executable, "-m",
-         "bench.apiserver_probe", str(c.anycast), str(APISERVER_PORT), str(c.ca), str(STREAM)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        time.sleep(KILL_AT)
-        killed_at = time.time()
-        the_lab.kill(nearest)
-        out, _ = probe.communicate(timeout=STREAM + 30)
-    finally:
-        if probe.poll() is None:
-            probe.kill()
-            probe.wait()
+    killed_at, out = probe_while(
+        the_lab, client, "bench.apiserver_probe",
+        [str(c.anycast), str(APISERVER_PORT), str(c.ca), str(STREAM)], STREAM, KILL_AT,
+        lambda: the_lab.kill(nearest))
     dead = the_lab.node(nearest).hostname
     samples: list[tuple[float, float, list[str] | None]] = json.loads(out)
     before = [answered for _, answered, names in samples

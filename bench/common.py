@@ -7,9 +7,11 @@ import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from lab.netns import Lab
 from mesh.site import new_site_toml, parse_site
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent  # where `python -m bench.…` finds the package
 
 
 def site_file(bfd_interval_ms: int | None = None, bfd_multiplier: int | None = None,
@@ -71,3 +74,23 @@ def save(name: str, data: object) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
     print(f"results in {RESULTS / name}.json", file=sys.stderr)
+
+
+def probe_while(the_lab: Lab, node: int, module: str, args: list[str], seconds: float,
+                at: float, act: Callable[[], object]) -> tuple[float, str]:
+    """Run `python -m module args` (a probe streaming for `seconds`) in the node's
+    namespace; `at` seconds in, call `act` (a kill). Returns the wall-clock time of
+    the act and the probe's output; the probe never outlives this call."""
+    probe = subprocess.Popen(
+        ["ip", "netns", "exec", the_lab.node(node).namespace, sys.executable, "-m", module,
+         *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        time.sleep(at)
+        acted_at = time.time()
+        act()
+        out, _ = probe.communicate(timeout=seconds + 30)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    return acted_at, out
