@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 from pathlib import Path
@@ -269,8 +271,6 @@ def kube_states(lab: Lab) -> dict[int, str]:
 def apiserver_served_by(lab: Lab, client: int, anycast: IPv6Address, port: int) -> int:
     """The node whose apiserver answers `client` at the anycast address: the one
     whose hostname its serving certificate names (a holder, or an heir)."""
-    import sys
-
     from cryptography import x509
 
     r = lab.exec(client, [sys.executable, "-c", "import ssl, sys; print(ssl.get_server_"
@@ -299,9 +299,6 @@ api.patch_node_status(sys.argv[2], json.loads(sys.argv[3]))
 def register_ready(lab: Lab, via: int, kubeconfig: Path, name: str) -> None:
     """The Node `name`, Ready, as its kubelet would post it (kubectl 1.20 cannot
     patch a status: the Python client does), through `kubeconfig` from node `via`."""
-    import sys
-    import time
-
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     ready = {"status": {"conditions": [{"type": "Ready", "status": "True",
                                         "reason": "KubeletReady", "lastHeartbeatTime": now,
