@@ -2,6 +2,7 @@
 
     python -m bench.vm join [--nodes 3]
     python -m bench.vm failover [--trials 3] [--equal]
+    python -m bench.vm cluster [--nodes 3] [--cpus 2] [--memory 2048]
 
 join: N VMs in a line power on together; for each, the time from power-on to
 "mesh joined" (a route to every other node's loopback), read off its serial
@@ -24,6 +25,8 @@ import itertools
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -87,6 +90,84 @@ def join(args: argparse.Namespace) -> dict[str, Any]:
                 "load": os.getloadavg()}
     finally:
         mesh.close()
+
+
+ADMIN_KUBECONFIG = "/var/lib/kubermesh/pki/admin.conf"  # a slot holder's
+
+
+def ready_nodes(vm: VM) -> set[str] | None:
+    """The Nodes whose Ready condition is True, read on vm (a holder); None while
+    it cannot tell."""
+    r = vm.ssh(f"kubectl --kubeconfig {ADMIN_KUBECONFIG} get nodes -o json",
+               timeout=120, check=False)
+    if r.returncode != 0:
+        return None
+    ready = set()
+    for node in json.loads(r.stdout)["items"]:
+        for cond in node["status"].get("conditions", ()):
+            if cond["type"] == "Ready" and cond["status"] == "True":
+                ready.add(node["metadata"]["name"])
+    return ready
+
+
+def cluster(args: argparse.Namespace) -> dict[str, Any]:
+    mesh = Mesh(image())
+    try:
+        vms = [mesh.vm(f"n{i}", cpus=args.cpus, memory_mib=args.memory)
+               for i in range(1, args.nodes + 1)]
+        for x, y in itertools.pairwise(vms):
+            mesh.cable(x, y)
+        mesh.start(*vms)
+        marks: dict[str, dict[str, float]] = {vm.name: {} for vm in vms}
+        hostnames: dict[str, str] = {}
+        deadline = time.monotonic() + args.timeout
+
+        def mark(vm: VM, what: str) -> None:
+            if what not in marks[vm.name]:
+                assert vm.started_at is not None
+                marks[vm.name][what] = time.monotonic() - vm.started_at
+                print(f"{vm.name}: {what} {marks[vm.name][what]:.1f} s after power-on",
+                      flush=True)
+
+        while not all("node Ready" in m for m in marks.values()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not every node Ready after {args.timeout:.0f} s: {marks}")
+            holder = None
+            for vm in vms:
+                try:
+                    r = vm.ssh("kubermesh status --json", timeout=120, check=False)
+                except subprocess.TimeoutExpired:  # a busy TCG guest
+                    continue
+                if r.returncode != 0:  # not up yet
+                    continue
+                st = json.loads(r.stdout)
+                hostnames[vm.name] = st["hostname"]
+                if st["routes_to"] == args.nodes - 1:
+                    mark(vm, "mesh joined")
+                cp = st["control_plane"]
+                if cp.get("slot") is not None:
+                    if cp.get("kubernetes", {}).get("state") == "running":
+                        mark(vm, "control plane running")
+                    if {x["service"]: x["state"] for x in st["anycast"]}.get(
+                            "apiserver") == "local":
+                        mark(vm, "apiserver ready")
+                        holder = vm
+                if st["stage"] == "kubelet":
+                    mark(vm, "kubelet running")
+            if holder is not None:
+                ready = ready_nodes(holder) or set()
+                for vm in vms:
+                    if hostnames.get(vm.name) in ready:
+                        mark(vm, "node Ready")
+            time.sleep(5)
+        return {"nodes": args.nodes, "cpus": args.cpus, "memory_mib": args.memory,
+                "accel": mesh.accel, "after_power_on_s": marks,
+                "node_ready": summary([m["node Ready"] for m in marks.values()]),
+                "load": os.getloadavg()}
+    finally:
+        kept = mesh.close(keep_logs=sys.exc_info()[0] is not None)
+        if kept is not None:
+            print(f"VM consoles kept in {kept}", file=sys.stderr)
 
 
 def outage(ping_output: str) -> float:
@@ -175,6 +256,12 @@ def main() -> None:
     f.add_argument("--trials", type=int, default=3)
     f.add_argument("--equal", action="store_true", help="every cable the same speed")
     f.set_defaults(func=failover)
+    c = sub.add_parser("cluster", help="power-on to Node Ready, per VM")
+    c.add_argument("--nodes", type=int, default=3)
+    c.add_argument("--cpus", type=int, default=2)
+    c.add_argument("--memory", type=int, default=2048, help="MiB per VM")
+    c.add_argument("--timeout", type=float, default=2400)
+    c.set_defaults(func=cluster)
     args = p.parse_args()
     result = args.func(args)
     save(f"vm-{args.command}" + ("-equal" if getattr(args, "equal", False) else ""), result)

@@ -642,6 +642,14 @@ class Lab:
                 return pid
         raise LabError(f"{n.name} has no agent named {name!r}")
 
+    def adopt(self, ref: str | int, ifname: str, name: str) -> None:
+        """Move a host interface (a VM's tap) into the node's namespace as `name`,
+        up: a cable from the lab to something outside it, which the node's runtime
+        takes as a mesh link like its veths."""
+        n = self.node(ref)
+        run(["ip", "link", "set", ifname, "netns", n.namespace, "name", name])
+        run(["ip", "-n", n.namespace, "link", "set", name, "up"])
+
     def kill(self, ref: str | int) -> LabNode:
         """A silent death: every process of the node (FRR, agents) SIGKILLed,
         forwarding off, cables left up."""

@@ -81,9 +81,27 @@ def _victim(image: Image) -> str:
             "ice/ice.ko")
 
 
+_MESHES: list[Mesh] = []  # the session's guests, once made
+
+
+def power_off_guests() -> None:
+    """Power off every guest of `guests` (if it was made): tests that need the host's
+    two cores for guests of their own. Their files stay until the session ends."""
+    for mesh in _MESHES:
+        for vm in mesh.vms.values():
+            vm.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Kubernetes VM tests last: they power the other guests off."""
+    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "")
+               == "tests.vm.test_kubernetes")
+
+
 @pytest.fixture(scope="session")
 def guests(image: Image, request: pytest.FixtureRequest) -> Iterator[Guests]:
     mesh = Mesh(image.raw)
+    _MESHES.append(mesh)
     try:
         a, b, c, d = (mesh.vm(n) for n in "abcd")
         twin = mesh.vm("twin", twin_of="a")

@@ -62,7 +62,7 @@ class Mesh:
         return f"52:54:00:6b:{self._macs >> 8:02x}:{self._macs & 0xFF:02x}"
 
     def vm(self, name: str, twin_of: str | None = None, memory_mib: int = MEMORY_MIB,
-           disk: Path | None = None, diskless: bool = False,
+           cpus: int = 1, disk: Path | None = None, diskless: bool = False,
            secure_boot_cert: str | None = None) -> VM:
         """Declare a VM; `twin_of` gives it another VM's hardware identity (UUID);
         `diskless` ones netboot from a neighbour (a cable with `boot=True`);
@@ -71,7 +71,7 @@ class Mesh:
         if disk is None and not diskless:
             disk = self.disk_copy(name)
         vm = VM(name, disk, self.work, self.pubkey, self.key, memory_mib=memory_mib,
-                accel=self.accel, uuid=ident, mgmt_mac=self._mac(),
+                cpus=cpus, accel=self.accel, uuid=ident, mgmt_mac=self._mac(),
                 secure_boot_cert=secure_boot_cert)
         self.vms[name] = vm
         return vm
@@ -101,6 +101,17 @@ class Mesh:
         self.cables.append(c)
         return c
 
+    def tap(self, vm: VM) -> Nic:
+        """Give vm (not started yet) a NIC whose host end is a tap device, named in
+        the returned Nic: once vm runs, hand it to a lab node (`Lab.adopt`), and vm
+        is cabled to that node of the network-namespace lab."""
+        if vm.proc is not None:
+            raise RuntimeError(f"{vm.name} is running: its NICs are fixed at power-on")
+        n = len(self.cables) + sum(1 for v in self.vms.values() for x in v.nics if x.tap)
+        nic = Nic(f"t{n}", self._mac(), 0, 0, tap=f"kmt{os.getpid() % 100000}x{n}")
+        vm.nics += (nic,)
+        return nic
+
     def start(self, *vms: VM) -> None:
         for v in vms:
             v.start()
@@ -122,12 +133,14 @@ class Mesh:
         first ask every guest that still answers what it sees (DIAGNOSE, into
         NAME.diag.log), then copy the consoles and QEMU's logs under KEPT_LOGS;
         returns where."""
-        if keep_logs:
+        try:
+            if keep_logs:
+                for v in self.vms.values():
+                    if v.alive():
+                        (self.work / f"{v.name}.diag.log").write_text(diagnose(v))
+        finally:  # also when the diagnosis is interrupted (Ctrl-C): no VM outlives this
             for v in self.vms.values():
-                if v.alive():
-                    (self.work / f"{v.name}.diag.log").write_text(diagnose(v))
-        for v in self.vms.values():
-            v.stop()
+                v.stop()
         kept = None
         if keep_logs:
             kept = KEPT_LOGS / f"{self.work.name}-{time.strftime('%Y%m%d-%H%M%S')}"

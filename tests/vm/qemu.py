@@ -78,6 +78,9 @@ class Nic:
     plugged: bool = True  # link (carrier) up; a VM starting takes it as it is
     speed_mbps: int | None = None  # what the guest's NIC reports (link cost follows it)
     boot: bool = False  # the firmware boots from it (UEFI PXE/HTTP over IPv6)
+    # A tap device of this name on the host instead of a UDP socket: the other end
+    # of the cable is whatever the tap is given to (a lab node's namespace).
+    tap: str = ""
 
 
 class Qmp:
@@ -122,7 +125,8 @@ class VM:
     """One QEMU guest booted from a private copy of a disk image."""
 
     def __init__(self, name: str, disk: Path | None, workdir: Path, pubkey: str, key: Path,
-                 memory_mib: int = 1536, accel: str = "tcg", uuid: str | None = None,
+                 memory_mib: int = 1536, cpus: int = 1, accel: str = "tcg",
+                 uuid: str | None = None,
                  mgmt_mac: str = MGMT_MAC, nics: tuple[Nic, ...] = (),
                  credentials: dict[str, str] | None = None,
                  secure_boot_cert: str | None = None) -> None:
@@ -140,6 +144,7 @@ class VM:
         self.pubkey = pubkey
         self.key = key
         self.memory = memory_mib
+        self.cpus = cpus
         self.accel = accel
         self.port = free_port()
         self.console = workdir / f"{name}.console.log"
@@ -201,7 +206,7 @@ class VM:
         cmd = [
             "nice", "-n", "10", "qemu-system-x86_64", "-name", self.name,
             *self._firmware(), "-accel", self.accel, "-cpu", cpu,
-            "-smp", "1", "-m", str(self.memory), "-nodefaults", "-display", "none",
+            "-smp", str(self.cpus), "-m", str(self.memory), "-nodefaults", "-display", "none",
             # restrict=on: no packet leaves the guest (hostfwd still reaches its sshd).
             "-netdev", f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mgmt_mac}{rom}",
@@ -226,9 +231,12 @@ class VM:
                 device += ",bootindex=1"
             if nic.speed_mbps:
                 device += f",speed={nic.speed_mbps},duplex=full"
-            cmd += ["-netdev", f"socket,id={nic.netdev},udp=127.0.0.1:{nic.peer_port},"
-                               f"localaddr=127.0.0.1:{nic.port}",
-                    "-device", device]
+            if nic.tap:
+                netdev = f"tap,id={nic.netdev},ifname={nic.tap},script=no,downscript=no"
+            else:
+                netdev = (f"socket,id={nic.netdev},udp=127.0.0.1:{nic.peer_port},"
+                          f"localaddr=127.0.0.1:{nic.port}")
+            cmd += ["-netdev", netdev, "-device", device]
         for name, value in credentials.items():
             cmd += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
         unplugged = [n.netdev for n in self.nics if not n.plugged]

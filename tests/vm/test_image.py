@@ -6,6 +6,7 @@ The checks run on mesh guest a (`main`); the reboot is the mesh tests' (b's).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -132,6 +133,16 @@ def test_services_run(host: Any) -> None:
     for name in ("ssh", "systemd-resolved", "systemd-logind", "systemd-journald", "frr",
                  "containerd"):
         assert host.service(name).is_running, name
+
+
+def test_routing_daemons_run_ahead_of_workloads(host: Any) -> None:
+    """FRR's daemons are real-time (SCHED_RR): busy pods cannot delay BFD's packets
+    past its 300 ms and drop a healthy node from the mesh."""
+    for daemon in ("zebra", "ospf6d", "bfdd"):
+        pid = host.check_output("pidof -s %s", daemon)
+        policy = host.check_output("python3 -c 'import os, sys; print(os.sched_getscheduler("
+                                   "int(sys.argv[1])))' %s", pid)
+        assert int(policy) == os.SCHED_RR, (daemon, policy)
 
 
 def test_etc_and_var_work(host: Any) -> None:
