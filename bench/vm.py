@@ -2,6 +2,7 @@
 
     python -m bench.vm join [--nodes 3]
     python -m bench.vm failover [--trials 3] [--equal]
+    python -m bench.vm kubelets
     python -m bench.vm cluster [--nodes 3] [--cpus 2] [--memory 2048]
 
 join: N VMs in a line power on together; for each, the time from power-on to
@@ -27,12 +28,16 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import save, summary
+from image.kubernetes import CACHE
+from image.kubesource import find_built
+from tests.vm import cluster as kube
 from tests.vm.mesh import Mesh, status, wait_status
 from tests.vm.qemu import VM, poll
 
@@ -95,21 +100,6 @@ def join(args: argparse.Namespace) -> dict[str, Any]:
 ADMIN_KUBECONFIG = "/var/lib/kubermesh/pki/admin.conf"  # a slot holder's
 
 
-def ready_nodes(vm: VM) -> set[str] | None:
-    """The Nodes whose Ready condition is True, read on vm (a holder); None while
-    it cannot tell."""
-    r = vm.ssh(f"kubectl --kubeconfig {ADMIN_KUBECONFIG} get nodes -o json",
-               timeout=120, check=False)
-    if r.returncode != 0:
-        return None
-    ready = set()
-    for node in json.loads(r.stdout)["items"]:
-        for cond in node["status"].get("conditions", ()):
-            if cond["type"] == "Ready" and cond["status"] == "True":
-                ready.add(node["metadata"]["name"])
-    return ready
-
-
 def cluster(args: argparse.Namespace) -> dict[str, Any]:
     mesh = Mesh(image())
     try:
@@ -155,7 +145,7 @@ def cluster(args: argparse.Namespace) -> dict[str, Any]:
                 if st["stage"] == "kubelet":
                     mark(vm, "kubelet running")
             if holder is not None:
-                ready = ready_nodes(holder) or set()
+                ready = kube.ready_nodes(holder, ADMIN_KUBECONFIG)
                 for vm in vms:
                     if hostnames.get(vm.name) in ready:
                         mark(vm, "node Ready")
@@ -168,6 +158,36 @@ def cluster(args: argparse.Namespace) -> dict[str, Any]:
         kept = mesh.close(keep_logs=sys.exc_info()[0] is not None)
         if kept is not None:
             print(f"VM consoles kept in {kept}", file=sys.stderr)
+
+
+def kubelets(args: argparse.Namespace) -> dict[str, Any]:
+    """The image's kubelets in VMs, the control plane in the lab (tests/vm/cluster.py)."""
+    raw = image()
+    site_file = raw.parent / "demo-site.toml"
+    built = find_built(CACHE)
+    if not site_file.is_file() or built is None:
+        raise SystemExit(f"needs {site_file} (an image built without --site) and a "
+                         f"Kubernetes build in {CACHE}: run ./dev.sh build")
+    failed = False
+    with tempfile.TemporaryDirectory() as scratch, \
+            kube.kubelet_cluster(raw, site_file, built.binaries, lambda: failed) as c:
+        try:
+            ready = kube.join(c, kube.admin_kubeconfig(c, Path(scratch) / "admin.conf"))
+            for name, seconds in ready.items():
+                print(f"{name}: power-on -> Node Ready {seconds:.1f} s", flush=True)
+            w1 = c.vms["w1"]
+            kube.deploy_web(w1, Path(scratch))
+            kube.spread(c)
+            c.vms["w2"].stop()  # a silent death: powered off
+            died = time.monotonic()
+            kube.all_on(c, "w1", 600)
+            replaced = time.monotonic() - died
+            print(f"w2's pods Running on w1 {replaced:.1f} s after w2 died", flush=True)
+        except BaseException:
+            failed = True
+            raise
+    return {"accel": c.mesh.accel, "holders": c.holders, "power_on_to_node_ready_s": ready,
+            "pods_running_elsewhere_after_worker_death_s": replaced, "load": os.getloadavg()}
 
 
 def outage(ping_output: str) -> float:
@@ -256,6 +276,9 @@ def main() -> None:
     f.add_argument("--trials", type=int, default=3)
     f.add_argument("--equal", action="store_true", help="every cable the same speed")
     f.set_defaults(func=failover)
+    k = sub.add_parser("kubelets", help="VMs as kubelets of the lab's control plane: "
+                       "power-on to Node Ready, and a dead worker's pods elsewhere")
+    k.set_defaults(func=kubelets)
     c = sub.add_parser("cluster", help="power-on to Node Ready, per VM")
     c.add_argument("--nodes", type=int, default=3)
     c.add_argument("--cpus", type=int, default=2)
