@@ -163,6 +163,9 @@ def cluster(args: argparse.Namespace) -> dict[str, Any]:
 def kubelets(args: argparse.Namespace) -> dict[str, Any]:
     """The image's kubelets in VMs, the control plane in the lab (tests/vm/cluster.py)."""
     raw = image()
+    manifest = json.loads((raw.parent / "manifest.json").read_text())
+    if manifest["kubernetes"]["source"] == "none":
+        raise SystemExit(f"{raw} has no Kubernetes: {manifest['kubernetes']['why_none']}")
     site_file = raw.parent / "demo-site.toml"
     built = find_built(CACHE)
     if not site_file.is_file() or built is None:

@@ -1,4 +1,5 @@
-"""Several VMs of the built image, cabled point to point by QEMU UDP socket netdevs.
+"""Several VMs of the built image, cabled point to point by QEMU UDP socket netdevs
+(or, by a tap device, to a node of the network-namespace lab: `Mesh.tap`).
 
 A topology is data: `Mesh.vm()` declares a machine (its SMBIOS UUID is its
 hardware identity; give two the same to make twins), `Mesh.cable()` lays a
@@ -101,14 +102,15 @@ class Mesh:
         self.cables.append(c)
         return c
 
-    def tap(self, vm: VM) -> Nic:
+    def tap(self, vm: VM, speed_mbps: int | None = None) -> Nic:
         """Give vm (not started yet) a NIC whose host end is a tap device, named in
         the returned Nic: once vm runs, hand it to a lab node (`Lab.adopt`), and vm
         is cabled to that node of the network-namespace lab."""
         if vm.proc is not None:
             raise RuntimeError(f"{vm.name} is running: its NICs are fixed at power-on")
         n = len(self.cables) + sum(1 for v in self.vms.values() for x in v.nics if x.tap)
-        nic = Nic(f"t{n}", self._mac(), 0, 0, tap=f"kmt{os.getpid() % 100000}x{n}")
+        nic = Nic(f"t{n}", self._mac(), 0, 0, speed_mbps=speed_mbps,
+                  tap=f"kmt{os.getpid() % 100000}x{n}")
         vm.nics += (nic,)
         return nic
 
@@ -138,9 +140,15 @@ class Mesh:
                 for v in self.vms.values():
                     if v.alive():
                         (self.work / f"{v.name}.diag.log").write_text(diagnose(v))
-        finally:  # also when the diagnosis is interrupted (Ctrl-C): no VM outlives this
+        finally:  # also when the diagnosis or one stop fails (Ctrl-C): no VM outlives this
+            errors = []
             for v in self.vms.values():
-                v.stop()
+                try:
+                    v.stop()
+                except BaseException as e:  # stop the others, then raise it
+                    errors.append(e)
+            if errors:
+                raise errors[0]
         kept = None
         if keep_logs:
             kept = KEPT_LOGS / f"{self.work.name}-{time.strftime('%Y%m%d-%H%M%S')}"

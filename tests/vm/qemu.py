@@ -69,7 +69,8 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
 @dataclass
 class Nic:
     """A mesh NIC: one end of a point-to-point cable, a UDP socket netdev sending
-    to its peer's port. Either VM can be off; the other keeps its NIC."""
+    to its peer's port (or a tap device on the host). Either VM can be off; the
+    other keeps its NIC."""
 
     netdev: str  # QEMU's id for it, also what `set_link` names
     mac: str
@@ -408,8 +409,9 @@ class VM:
         if self.proc is None:
             return
         # The shared SSH connection's master process is ours too.
-        subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
-                       capture_output=True, timeout=30, check=False)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # it ends with the guest anyway
+            subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
+                           capture_output=True, timeout=30, check=False)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)

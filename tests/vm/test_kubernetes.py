@@ -9,6 +9,7 @@ why and how). Ordered, and last in the session: it powers the other guests off.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -25,7 +26,6 @@ from mesh.kubelet import APISERVER_PORT
 from tests.lab.test_controlplane import wait_for
 from tests.vm import conftest
 from tests.vm.cluster import (
-    CABLES,
     WEB,
     Cluster,
     admin_kubeconfig,
@@ -35,6 +35,7 @@ from tests.vm.cluster import (
     kubectl,
     kubelet_cluster,
     ready_nodes,
+    running_on,
     spread,
 )
 from tests.vm.conftest import Image
@@ -79,14 +80,15 @@ def served_by(vm: VM, c: Cluster) -> int:
 def test_the_images_kubelets_join_a_control_plane_that_elected_itself(
         cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     c = cluster
-    took = wait_for("the control plane running on the three slot holders", lambda: [
+    wait_for("the control plane running on the three slot holders", lambda: [
         f"n{i}: {s or 'no status'}" for i, s in kube_states(c.lab).items()
         if (s == "running") != (i in c.holders)], timeout=300)
+    took = time.monotonic() - c.up_at
     conf = admin_kubeconfig(c, tmp_path / "admin.conf")
     ready = join(c, conf)
     with capsys.disabled():  # figures of this run, TCG
-        print(f"\nkubernetes figures: control plane running on n{c.holders} {took:.0f} s "
-              "after the lab was up; power-on -> Node Ready " +
+        print(f"\nkubernetes figures: control plane running on n{c.holders} within "
+              f"{took:.0f} s of the lab converging; power-on -> Node Ready " +
               ", ".join(f"{name} {seconds:.0f} s" for name, seconds in ready.items()))
     for vm in c.vms.values():
         st = status(vm)
@@ -95,8 +97,13 @@ def test_the_images_kubelets_join_a_control_plane_that_elected_itself(
     # kubectl from every node through the anycast address: each guest, and the lab
     # node that holds no slot.
     names = set(c.nodes.values())
+
+    def sees_both(vm: VM) -> bool:
+        return names <= ready_nodes(vm)
+
     for vm in c.vms.values():
-        assert names <= ready_nodes(vm)
+        poll(f"kubectl on {vm.name}: both Nodes Ready", functools.partial(sees_both, vm),
+             120, every=2)
     spare = next(n.index for n in c.lab.state.nodes if n.index not in c.holders)
     r = c.lab.exec(spare, [str(c.kube_bin / "kubectl"), "--kubeconfig", str(conf), "get",
                            "nodes", "-o", "name"])
@@ -119,14 +126,17 @@ def test_pods_spread_reach_each_other_across_hops_and_a_service_by_name(
     w1, w2 = c.vms["w1"], c.vms["w2"]
     deploy_web(w1, tmp_path)
     by = spread(c)
-    here, there = by[c.nodes["w1"]], by[c.nodes["w2"]]
+    # Four pods on two nodes: one node has two or more, and the source is one of them.
+    src_node = max(by, key=lambda n: len(by[n]))
+    here, there = by[src_node], [p for n, ps in by.items() if n != src_node for p in ps]
+    assert len(here) >= 2 and there, by
     # w1 and w2 are not neighbours: the overlay carries this over the lab's nodes.
     assert status(w2)["router_id"] not in {x["neighbour"] for x in status(w1)["links"]}
     src = here[0]["metadata"]["name"]
     for peer in there + here[1:]:  # across the mesh, and beside it on the same bridge
         ip = peer["status"]["podIP"]
         out = exec_in(w1, src, f"ping -c 3 -W 5 {ip}")
-        assert " 0% packet loss" in out, out
+        assert " 0% packet loss" in out, (peer["spec"]["nodeName"], out)
     # The Service by its name, through the node's cluster DNS and kube-proxy. (The
     # workload is Debian's busybox-static, whose glibc cannot resolve a name itself
     # inside a container, and whose wget 1.35 segfaults even on the host: its
@@ -147,8 +157,12 @@ def test_the_apiserver_stays_reachable_when_the_nearest_holder_dies(
         cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     c = cluster
     w1 = c.vms["w1"]
+    # One path to the anycast address, to the holder at the end of w1's cheaper
+    # cable, so its every connection reaches that apiserver: the one killed.
+    route = json.loads(w1.ssh(f"ip -6 -j route show {c.site.anycast['apiserver']}").stdout)
+    assert len(route) == 1 and "nexthops" not in route[0], route
     nearest = served_by(w1, c)
-    assert nearest in CABLES["w1"] and nearest in c.holders, nearest
+    assert nearest == c.cables["w1"][0], (nearest, c.cables)
     c.lab.kill(nearest)
     killed = time.monotonic()
     poll("a write through the anycast address again", lambda: kubectl(
@@ -157,13 +171,16 @@ def test_the_apiserver_stays_reachable_when_the_nearest_holder_dies(
     with capsys.disabled():
         print(f"\nkubernetes figures: w1's writes through the anycast address answered "
               f"again {time.monotonic() - killed:.1f} s after n{nearest} died")
-    assert served_by(w1, c) != nearest
+    assert served_by(w1, c) in set(c.holders) - {nearest}
 
 
 def test_a_dead_workers_pods_run_elsewhere(cluster: Cluster,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     c = cluster
     w1, w2 = c.vms["w1"], c.vms["w2"]
+    if len(running_on(w1).get(c.nodes["w2"], ())) == 0:
+        pytest.skip("needs web pods on w2, which test_pods_spread_… places (run the "
+                    "module whole)")
     w2.stop()
     died = time.monotonic()
     all_on(c, "w1", 300)
@@ -180,7 +197,11 @@ def test_a_dead_holders_slot_is_taken_over_and_etcd_has_three_members(
     """The holder killed above stayed dead: after the site's grace, the lab node that
     held no slot takes it, and etcd is three healthy members again."""
     c = cluster
-    [dead] = [i for i in c.holders if i in c.lab.state.dead]
+    dead_holders = [i for i in c.holders if i in c.lab.state.dead]
+    if len(dead_holders) != 1:
+        pytest.skip("needs the holder that test_the_apiserver_stays_reachable_when_the_"
+                    "nearest_holder_dies killed (run the module whole)")
+    [dead] = dead_holders
     heir = next(n.index for n in c.lab.state.nodes if n.index not in c.holders)
     now = [i for i in c.holders if i != dead] + [heir]
     took = wait_for(f"n{heir} holding n{dead}'s slot, with etcd on {now}", lambda: (
@@ -191,4 +212,5 @@ def test_a_dead_holders_slot_is_taken_over_and_etcd_has_three_members(
         print(f"\nkubernetes figures: n{heir} runs the control plane in n{dead}'s slot, "
               f"etcd on {now} ({took:.0f} s into this test; grace "
               f"{c.site.control_plane.grace} s)")
-    assert c.nodes["w1"] in ready_nodes(c.vms["w1"])
+    poll("w1's Node Ready, through the new control plane", lambda: c.nodes["w1"] in
+         ready_nodes(c.vms["w1"]), 120, every=2)
