@@ -188,14 +188,25 @@ def install_units(log: Log, src: Sources, tree: Path) -> list[str]:
     return units
 
 
+# bfdd runs real-time (round robin, the lowest priority), started so by FRR's own
+# init script also when watchfrr restarts it. BFD declares a neighbour dead after
+# 300 ms (100 ms x 3) without its packets: a bfdd waiting that long behind busy
+# pods (runc, the CNI plugins, kube-proxy's rules) on a small node drops every
+# adjacency of a healthy node, the whole mesh loses it, and its pods are evicted.
+# Only bfdd: with zebra and ospf6d real-time too, a 1-CPU guest's kernel throttled
+# them at start-up, and the runtime, starved, lost netlink messages by thousands.
+BFDD_WRAP = "/usr/bin/chrt --rr 1"
+
+
 def tune_frr(tree: Path) -> None:
-    """The mesh's daemons on (ospf6d, bfdd; zebra always runs), and watchfrr's
-    options (WATCHFRR_OPTIONS)."""
+    """The mesh's daemons on (ospf6d, bfdd; zebra always runs), watchfrr's options
+    (WATCHFRR_OPTIONS), and bfdd real-time (BFDD_WRAP)."""
     daemons = tree / "etc/frr/daemons"
     text = daemons.read_text()
     edits = {"\n#watchfrr_options=\"\"":
              f'\nwatchfrr_options="{" ".join(WATCHFRR_OPTIONS)}"',
-             "\nospf6d=no": "\nospf6d=yes", "\nbfdd=no": "\nbfdd=yes"}
+             "\nospf6d=no": "\nospf6d=yes", "\nbfdd=no": "\nbfdd=yes",
+             "\n#all_wrap=\"\"": f'\n#all_wrap=""\nbfdd_wrap="{BFDD_WRAP}"'}
     for old, new in edits.items():
         if old not in text:
             raise BuildError(f"{daemons} has no {old.strip()!r} line to set",
