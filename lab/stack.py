@@ -271,15 +271,20 @@ def kube_states(lab: Lab) -> dict[int, str]:
 def apiserver_served_by(lab: Lab, client: int, anycast: IPv6Address, port: int) -> int:
     """The node whose apiserver answers `client` at the anycast address: the one
     whose hostname its serving certificate names (a holder, or an heir)."""
-    from cryptography import x509
-
     r = lab.exec(client, [sys.executable, "-c", "import ssl, sys; print(ssl.get_server_"
                           f"certificate(('{anycast}', {port}), timeout=5))"], timeout=30)
-    cert = x509.load_pem_x509_certificate(r.stdout.encode())
+    return node_named_by(lab, r.stdout)
+
+
+def node_named_by(lab: Lab, pem: str) -> int:
+    """The lab node whose hostname a serving certificate (PEM) names."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(pem.encode())
     names = set(cert.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
-    [holder] = [n.index for n in lab.state.nodes if n.hostname in names]
-    return holder
+    [node] = [n.index for n in lab.state.nodes if n.hostname in names]
+    return node
 
 
 _REGISTER = """

@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from image.kubernetes import CACHE
 from image.kubesource import find_built
-from lab.stack import kube_states, slot_etcd_differs
+from lab.stack import kube_states, node_named_by, slot_etcd_differs
 from mesh.kubelet import APISERVER_PORT
 from tests.lab.test_controlplane import wait_for
 from tests.vm import conftest
@@ -71,10 +70,7 @@ def served_by(vm: VM, c: Cluster) -> int:
     anycast = c.site.anycast["apiserver"]
     pem = vm.ssh(f"python3 -c \"import ssl; print(ssl.get_server_certificate("
                  f"('{anycast}', {APISERVER_PORT}), timeout=10))\"", timeout=60).stdout
-    names = set(x509.load_pem_x509_certificate(pem.encode()).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
-    [node] = [n.index for n in c.lab.state.nodes if n.hostname in names]
-    return node
+    return node_named_by(c.lab, pem)
 
 
 def test_the_images_kubelets_join_a_control_plane_that_elected_itself(
