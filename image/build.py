@@ -120,7 +120,7 @@ def _build(log: Log, src: tree.Sources, work: Path, cache: Path, version: str, s
     tree.write_os_release(t, version)
     kver, vmlinuz = tree.kernel(t)
     pruned = _timed("Leaving out what a mesh PC cannot use (sound, radios, GPUs, ...)",
-                    lambda: tree.prune(log, t, kver), times)
+                    lambda: {**tree.trim_hwdb(log, t), **tree.prune(log, t, kver)}, times)
     tree.depmod(log, t, kver)
     initrd_img = _timed(f"Building the initrd (dracut, kernel {kver})",
                         lambda: initrd.dracut(log, t, kver), times)

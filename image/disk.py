@@ -35,13 +35,24 @@ SITE_BLOCK = 64 << 10
 NETBOOT_TYPE = "5f6a3c1e-8b2d-4e37-9a41-6e6574626f6f"
 NETBOOT_LABEL = "kubermesh-netboot"
 BOOT_PATH = "::/EFI/BOOT/BOOTX64.EFI"  # the removable-media path every UEFI PC boots
+ESP_SLACK_MIB = 2  # FAT16's tables, root directory and cluster rounding, with room
+ESP_MIN_MIB = 16  # below this, mkfs.vfat's FAT16 has too few clusters
+
+
+def esp_mib(uki_bytes: int) -> int:
+    """The ESP's size: the UKI and FAT's own blocks, no more. Nothing writes to the
+    ESP once built (a new image is a new stick or a new netboot), and every MiB of
+    it is a MiB of every disk image and stick write."""
+    return max(ESP_MIN_MIB, -(-uki_bytes // MIB) + ESP_SLACK_MIB)
 
 
 def esp(log: Log, uki: Path, out: Path) -> Path:
-    """A FAT ESP with room for the UKI and for one more (a future B slot)."""
-    size_mib = max(64, -(-2 * uki.stat().st_size // MIB) + 16)
+    """A FAT16 ESP holding the UKI at the removable-media path. FAT16, because FAT32
+    needs at least 65525 clusters (32 MiB and more); UEFI reads FAT12, 16 and 32 on
+    removable media, and OVMF and PCs boot it."""
+    size_mib = esp_mib(uki.stat().st_size)
     out.unlink(missing_ok=True)
-    run(log, ["mkfs.vfat", "-C", "-F", "32", "-n", "KUBERMESH", out, str(size_mib * 1024)])
+    run(log, ["mkfs.vfat", "-C", "-F", "16", "-n", "KUBERMESH", out, str(size_mib * 1024)])
     run(log, ["mmd", "-i", out, "::/EFI", "::/EFI/BOOT"])
     run(log, ["mcopy", "-i", out, uki, BOOT_PATH])
     return out

@@ -310,15 +310,57 @@ PRUNED_MODULES = (
     "fs/ocfs2", "fs/gfs2", "fs/dlm", "fs/orangefs", "fs/afs", "fs/nilfs2", "fs/jffs2",
     "fs/ubifs", "fs/reiserfs", "fs/jfs", "fs/nfsd",
     "lib/test_*.ko",  # the kernel's self-tests
+    # Old or foreign link layers and protocols no mesh PC speaks (ATM, AppleTalk,
+    # amateur radio, DCCP, RDS, SMC, TIPC, AFS's RxRPC, Phonet, Qualcomm's IPC,
+    # 6LoWPAN, parallel-port and serial IP), file systems of other systems (Amiga,
+    # BeOS, HFS, HPFS, QNX, SysV, UFS, VirtualBox and 9p shares, F2FS for phones,
+    # eCryptfs), buses and machines a PC of the mesh is not (FireWire, PCMCIA,
+    # parallel port, memory sticks, 1-Wire, SoundWire, GNSS, Android, braille
+    # consoles, Xen and Hyper-V guests, USB gadget mode, joysticks, tablets and
+    # touchscreens) and KVM (a node runs containers, not VMs).
+    *(f"net/{m}" for m in ("6lowpan", "9p", "appletalk", "atm", "ax25", "dccp", "ife", "kcm",
+                           "lapb", "netrom", "nsh", "phonet", "qrtr", "rds", "rose", "rxrpc",
+                           "smc", "tipc")),
+    *(f"fs/{m}" for m in ("9p", "adfs", "affs", "befs", "bfs", "coda", "ecryptfs", "efs",
+                          "f2fs", "freevxfs", "hfs", "hfsplus", "hpfs", "minix", "omfs", "qnx4",
+                          "qnx6", "romfs", "sysv", "ufs", "vboxsf", "zonefs")),
+    *(f"drivers/{m}" for m in ("accessibility", "android", "atm", "firewire", "gnss", "hv",
+                               "memstick", "parport", "pcmcia", "slimbus", "soundwire", "w1",
+                               "xen", "usb/gadget", "input/joystick", "input/tablet",
+                               "input/touchscreen", "net/appletalk", "net/arcnet",
+                               "net/fddi", "net/hippi", "net/hyperv", "net/plip",
+                               "net/xen-netback", "net/xen-netfront.ko")),
+    "arch/x86/kvm",
+    # Server and cloud adapters that PCs do not take: NICs from makers of data-centre
+    # NICs only (Intel, Broadcom, Realtek, Mellanox ConnectX, Aquantia, the other PC
+    # makers, and stmmac, which some Intel Atom boards use, stay), the NICs of cloud
+    # VMs, and SCSI for old parallel buses, IBM Power, FCoE and the kernel's SCSI test
+    # driver. RAID and SAS HBAs stay.
+    *(f"drivers/net/ethernet/{m}" for m in ("amazon", "brocade", "cavium", "chelsio", "cisco",
+                                            "emulex", "google", "huawei", "microsoft",
+                                            "neterion", "netronome", "qlogic", "sfc")),
+    *(f"drivers/scsi/{m}" for m in ("aic7xxx", "aic94xx", "sym53c8xx_2", "pmcraid.ko", "ipr.ko",
+                                    "fcoe", "libfc", "pcmcia", "scsi_debug.ko")),
+    # Framebuffer drivers for old video chips (Matrox, ATI Rage, S3, SiS, VIA, ...):
+    # a PC's console is the firmware's framebuffer (efifb, built in) or its DRM driver.
+    "drivers/video/fbdev/*.ko",
+    *(f"drivers/video/fbdev/{m}" for m in ("aty", "kyro", "matrox", "mb862xx", "savage", "sis",
+                                           "vermilion", "via")),
 )
 # Files nothing on a node runs (globs under the tree):
 PRUNED_FILES = (
     # containerd's legacy v1 shims: the CRI uses io.containerd.runc.v2.
     "usr/bin/containerd-shim", "usr/bin/containerd-shim-runc-v1",
-    # CNI plugins no pod network of ours names (mesh/cni.py: bridge, host-local,
-    # loopback; portmap, bandwidth, firewall and tuning stay for workloads).
-    *(f"usr/lib/cni/{p}" for p in ("dhcp", "host-device", "ipvlan", "macvlan", "ptp", "sbr",
-                                    "static", "vlan", "vrf")),
+    # CNI plugins our pod network does not chain (mesh/cni.py: bridge with
+    # host-local; the kubelet adds loopback): the runtime writes the only CNI
+    # configuration, so no other plugin is ever run.
+    *(f"usr/lib/cni/{p}" for p in ("bandwidth", "dhcp", "firewall", "host-device", "ipvlan",
+                                    "macvlan", "portmap", "ptp", "sbr", "static", "tuning",
+                                    "vlan", "vrf")),
+    # Perl and debconf: only Debian's packaging scripts use them, and an immutable
+    # node runs none (no apt, no dpkg --configure).
+    "usr/bin/perl", "usr/bin/perl5.*", "usr/lib/x86_64-linux-gnu/perl-base",
+    "usr/share/perl5",
     # FRR's other routing daemons: a node runs zebra, ospf6d, bfdd, staticd, watchfrr.
     *(f"usr/lib/frr/{d}" for d in ("babeld", "bgpd", "eigrpd", "fabricd", "isisd", "ldpd",
                                     "nhrpd", "ospfd", "pathd", "pbrd", "pimd", "ripd", "ripngd",
@@ -330,9 +372,36 @@ PRUNED_FILES = (
     # The hardware database's sources: udev reads the compiled hwdb.bin, and
     # systemd-hwdb-update is masked (install_units) so that nothing recompiles it.
     "usr/lib/udev/hwdb.d",
+    # Python's regression-test support and pydoc's topic texts (for help() at a prompt).
+    "usr/lib/python3.11/test", "usr/lib/python3.11/pydoc_data",
     # apt: an immutable node installs no packages.
     "usr/bin/apt", "usr/bin/apt-*", "usr/lib/apt", "usr/lib/x86_64-linux-gnu/libapt-*",
 )
+
+
+# udev's hardware databases that only name things for people (vendor and model
+# names of PCI, USB, ACPI, Bluetooth, SDIO and VMBus devices, the IEEE's MAC
+# prefixes): most of hwdb.bin, and nothing on a node reads them. Kept: the ones
+# that change how devices behave (keyboards, mice, sensors, autosuspend, NIC names).
+HWDB_NAMES_ONLY = ("20-OUI.hwdb", "20-*-vendor*.hwdb", "20-*-classes.hwdb",
+                   "20-vmbus-class.hwdb", "70-sound-card.hwdb", "70-cameras.hwdb",
+                   "70-av-production.hwdb", "70-analyzers.hwdb", "70-pda.hwdb")
+
+
+def trim_hwdb(log: Log, tree: Path) -> dict[str, int]:
+    """Compile udev's hwdb.bin again without HWDB_NAMES_ONLY (before `prune` drops
+    the sources); returns the bytes it saved."""
+    src = tree / "usr/lib/udev/hwdb.d"
+    binary = tree / "usr/lib/udev/hwdb.bin"
+    if not src.is_dir() or not binary.is_file():
+        log.write("hwdb: no hwdb.d or hwdb.bin in the tree, left as it is")
+        return {}
+    before = binary.stat().st_size
+    for pattern in HWDB_NAMES_ONLY:
+        for path in src.glob(pattern):
+            path.unlink()
+    nspawn(log, tree, ["systemd-hwdb", "update", "--usr"])
+    return {"usr/lib/udev/hwdb.bin (names only)": before - binary.stat().st_size}
 
 
 def prune(log: Log, tree: Path, kver: str) -> dict[str, int]:

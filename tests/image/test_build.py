@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -205,10 +207,17 @@ def test_prune_removes_what_a_mesh_pc_cannot_use(tmp_path: Path) -> None:
     t = tmp_path / "tree"
     mods = t / "usr/lib/modules" / kver / "kernel"
     keep = [mods / "drivers/net/ethernet/intel/e1000e/e1000e.ko", mods / "fs/ext4/ext4.ko",
-            t / "usr/lib/cni/bridge", t / "usr/lib/frr/ospf6d", t / "usr/bin/containerd"]
+            mods / "drivers/net/ethernet/stmicro/stmmac/stmmac.ko",
+            mods / "drivers/video/fbdev/core/fb_ddc.ko", mods / "drivers/scsi/sd_mod.ko",
+            t / "usr/lib/cni/bridge", t / "usr/lib/cni/host-local", t / "usr/lib/cni/loopback",
+            t / "usr/lib/frr/ospf6d", t / "usr/bin/containerd", t / "usr/bin/python3.11"]
     drop = [mods / "sound/core/snd.ko", mods / "drivers/gpu/drm/amd/amdgpu/amdgpu.ko",
-            mods / "lib/test_bpf.ko", t / "usr/lib/cni/macvlan", t / "usr/lib/frr/bgpd",
-            t / "usr/bin/apt-get", t / "usr/lib/udev/hwdb.d/20-OUI.hwdb"]
+            mods / "lib/test_bpf.ko", mods / "arch/x86/kvm/kvm.ko", mods / "net/tipc/tipc.ko",
+            mods / "drivers/net/ethernet/qlogic/qede/qede.ko", mods / "fs/hfsplus/hfsplus.ko",
+            mods / "drivers/video/fbdev/matrox/matroxfb_base.ko", mods / "drivers/scsi/ipr.ko",
+            t / "usr/lib/cni/macvlan", t / "usr/lib/cni/portmap", t / "usr/lib/frr/bgpd",
+            t / "usr/bin/apt-get", t / "usr/lib/udev/hwdb.d/20-OUI.hwdb", t / "usr/bin/perl",
+            t / "usr/bin/perl5.36.0", t / "usr/share/perl5/Debconf/Log.pm"]
     for f in keep + drop:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"x" * 100)
@@ -220,3 +229,20 @@ def test_prune_removes_what_a_mesh_pc_cannot_use(tmp_path: Path) -> None:
     assert removed["usr/lib/udev/hwdb.d"] == 100 and removed["usr/bin/apt-get"] == 100
     # What no tree holds is named in the log.
     assert "nothing matches modules/drivers/media" in log.path.read_text()
+
+
+def test_the_esp_is_as_big_as_its_uki_and_boots_from_the_removable_path(tmp_path: Path) -> None:
+    """FAT16 sized to the UKI (a FAT32 file system is 32 MiB at least); the UKI reads
+    back whole from EFI/BOOT/BOOTX64.EFI."""
+    if not all(shutil.which(t) for t in ("mkfs.vfat", "mcopy", "mmd")):
+        pytest.skip("dosfstools and mtools are not installed (./dev.sh build installs them)")
+    uki = tmp_path / "kubermesh.efi"
+    uki.write_bytes(os.urandom(3 << 20) + b"tail")
+    log = Log(tmp_path / "build.log")
+    out = disk.esp(log, uki, tmp_path / "esp.img")
+    assert out.stat().st_size == disk.esp_mib(uki.stat().st_size) << 20 == 16 << 20
+    assert disk.esp_mib(20_894_568) == 20 + 2  # today's UKI
+    assert b"FAT16" in out.read_bytes()[54:62]  # the boot sector's file system type
+    back = tmp_path / "back.efi"
+    subprocess.run(["mcopy", "-i", str(out), disk.BOOT_PATH, str(back)], check=True)
+    assert back.read_bytes() == uki.read_bytes()
