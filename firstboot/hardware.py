@@ -53,6 +53,23 @@ def mesh_links(all_nics: Iterable[Nic], not_mesh: Iterable[str],
     )
 
 
+def udev_done(udev: Path | None, sysfs: Path, nic: str) -> bool:
+    """Whether udev has finished with the NIC: its database entry data/n<ifindex> says
+    a .link file was applied (ID_NET_LINK_FILE) and names the NIC as it is now
+    (ID_NET_NAME). Until then the NIC may be renamed a moment later (eth1 becomes
+    enp0s4). True where no udev runs (`udev` None, or no udevd control socket)."""
+    if udev is None or not (udev / "control").exists():
+        return True
+    ifindex = _read(sysfs / "class" / "net" / nic / "ifindex")
+    try:
+        text = (udev / "data" / f"n{ifindex}").read_text() if ifindex else ""
+    except OSError:
+        return False
+    props = dict(line[2:].split("=", 1) for line in text.splitlines()
+                 if line.startswith("E:") and "=" in line)
+    return "ID_NET_LINK_FILE" in props and props.get("ID_NET_NAME", nic) == nic
+
+
 def fnmatchcase_mac(mac: str, pattern: str) -> bool:
     """A not-mesh entry may also name a NIC by MAC address (stable across renames)."""
     return ":" in pattern and fnmatch.fnmatchcase(mac, pattern.lower())

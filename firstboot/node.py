@@ -113,6 +113,10 @@ class LinkSettings(Protocol):
     def virtual_links(self) -> bool: ...
 
 
+UDEV_RETRY = 2.0  # seconds between looks while udev is naming NICs (renames wake it)
+UDEV_WAIT = 60.0  # a new NIC waits this long at most for udev to name it
+
+
 class Links(Controller):
     """Which NICs are mesh links, with carrier and speed (sysfs); link events wake it."""
 
@@ -128,6 +132,9 @@ class Links(Controller):
         self.reloaded_networkd: dict[str, str] | None = None
         self.confirmed: set[str] = set()  # not-mesh NICs networkd configures from our file
         self.nudged: dict[str, float] = {}  # NIC -> when it was last reconfigured
+        self.first_seen: dict[str, float] = {}  # NIC name -> when it was first seen
+
+    unnamed: tuple[str, ...] = ()  # NICs udev has not finished with yet
 
     def wants(self, msg: Any) -> bool:
         return msg.get("event") in ("RTM_NEWLINK", "RTM_DELLINK")
@@ -137,8 +144,17 @@ class Links(Controller):
         return tuple(link.name for link in self.links)
 
     def reconcile(self) -> bool:
-        sysfs = self.cfg.paths.sysfs
-        nics = hardware.nics(sysfs)
+        sysfs, udev = self.cfg.paths.sysfs, self.cfg.paths.udev
+        found = hardware.nics(sysfs)
+        now = time.monotonic()
+        for n in found:
+            self.first_seen.setdefault(n.name, now)
+        # A NIC udev has not finished with is left for later (UDEV_WAIT at most): taken
+        # now, it would be configured under its kernel name and again under its
+        # lasting one a moment later.
+        nics = [n for n in found if not n.physical or now - self.first_seen[n.name] >= UDEV_WAIT
+                or hardware.udev_done(udev, sysfs, n.name)]
+        self.unnamed = tuple(sorted({n.name for n in found} - {n.name for n in nics}))
         mesh = hardware.mesh_links(nics, self.cfg.not_mesh,
                                    physical_only=not self.cfg.virtual_links)
         links = tuple(Link(n, hardware.carrier(sysfs, n), hardware.speed(sysfs, n))
@@ -212,6 +228,8 @@ class Links(Controller):
             return networkd.LinkState()
 
     def next_run(self) -> float | None:
+        if self.unnamed:  # udev may name a NIC without a netlink event: look again soon
+            return UDEV_RETRY
         waiting = self.cfg.paths.networkd_dir is not None and self.applied_networkd is None
         return 2.0 if waiting else self.period
 
@@ -250,6 +268,11 @@ class Frr(Controller):
                                log=f"log {self.cfg.frr_log}", costs=costs)
 
     def reconcile(self) -> bool:
+        if self.applied is None and self.links.unnamed:
+            # The first frr.conf, which FRR starts with, waits for udev's names (as long
+            # as Links does): written now, it would name eth1 and need a reload for
+            # enp0s4 moments later.
+            return False
         conf = self.desired()
         if conf == self.applied:
             return False
@@ -274,6 +297,10 @@ class Frr(Controller):
         return True
 
     pending = False  # a configuration not applied yet, for want of a started FRR
+
+    def settled(self) -> bool:
+        # frr.service starts once the runtime is ready: not before frr.conf is there.
+        return self.applied is not None
 
     def next_run(self) -> float | None:
         return 1.0 if self.pending or self.applied is None else None

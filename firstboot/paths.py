@@ -24,6 +24,7 @@ class NodePaths:
     etcd_binary: Path = Path("/usr/bin/etcd")  # Debian's etcd-server: a slot holder runs it
     kube_bin_dir: Path = Path("/usr/bin")  # kube-apiserver, -controller-manager, -scheduler
     networkd_state: Path = Path("/run/systemd/netif/links")  # which .network each link took
+    udev: Path | None = Path("/run/udev")  # NICs udev has named (data/n<ifindex>); lab: None
     cmdline: Path = Path("/proc/cmdline")  # where the root and its verity hashes come from
     dev: Path = Path("/dev")  # the boot disk's partitions (netboot sources)
     # Written
@@ -88,7 +89,7 @@ class NodePaths:
     def under(cls, d: Path, frr_run: Path, site: Path) -> NodePaths:
         """A lab node: everything it writes under `d`, no networkd, no hostname."""
         return cls(site=site, frr_run=frr_run, run_dir=d, frr_conf_dir=d / "etc",
-                   networkd_dir=None, state_dir=d, cni_data_dir=d / "cni-data",
+                   networkd_dir=None, udev=None, state_dir=d, cni_data_dir=d / "cni-data",
                    kubelet_dir=d / "kubelet-state", credentials=(), ca_file=d / "ca.crt",
                    kubelet_binary=d / "no-kubelet", cmdline=d / "no-cmdline",
                    kube_bin_dir=d / "no-kubernetes")

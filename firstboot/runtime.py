@@ -66,6 +66,11 @@ class Controller:
     def overflow(self) -> None:
         """Netlink messages were lost: forget what they would have said."""
 
+    def settled(self) -> bool:
+        """As the runtime's `ready_after`: whether what units ordered after the
+        runtime need is done (frr.conf written); READY=1 waits for it."""
+        return True
+
 
 @dataclass(frozen=True)
 class ControllerStatus:
@@ -200,6 +205,12 @@ class Runtime:
         notify(READY="1", STATUS=line)
         self.ready = True
 
+    def _holds_ready(self) -> bool:
+        """The `ready_after` controller has not settled yet, and has not failed (a
+        failing one is reported, and READY=1 goes anyway: nothing waits forever)."""
+        c = next((c for c in self.controllers if c.name == self._ready_after), None)
+        return c is not None and self.failures[c.name] == 0 and not c.settled()
+
     def stop_on_signals(self) -> None:
         def handler(signum: int, _: FrameType | None) -> None:
             self.stop(signal.Signals(signum).name)
@@ -240,7 +251,7 @@ class Runtime:
             self.failures[c.name] = 0
             self.registry.report(c.name)
             self.due[c.name] = time.monotonic() + (c.next_run() or IDLE * 100)
-            if not self.ready and c.name == self._ready_after:
+            if not self.ready and c.name == self._ready_after and c.settled():
                 self._say_ready(c.name)
         self.passes += 1
         return ran
@@ -287,15 +298,15 @@ class Runtime:
 
     def run(self, status: Callable[[], str] = lambda: "", ready_after: str | None = None) -> str:
         """Run until stopped; returns the reason. `status()` is the STATUS= line.
-        READY=1 goes once `ready_after` has run successfully (what the units
-        ordered after this one need), else after the first pass."""
+        READY=1 goes once `ready_after` has run successfully and settled (what the
+        units ordered after this one need), else after the first pass."""
         ping = watchdog_interval()
         self._ready_after = ready_after
         try:
             while not self._stopping:
                 self.run_pass()
                 line = status()
-                if not self.ready:
+                if not self.ready and not self._holds_ready():
                     self._say_ready(line)
                 elif ping is not None:
                     notify(WATCHDOG="1", STATUS=line)

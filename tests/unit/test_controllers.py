@@ -72,6 +72,52 @@ def test_links_are_physical_nics_minus_not_mesh(tmp_path: Path, sysfs: Path) -> 
     assert lab.not_mesh == ("enp2s0", "enp3s0", "mgmt0")
 
 
+def test_a_nic_udev_has_not_named_yet_waits(tmp_path: Path, sysfs: Path) -> None:
+    """At boot the runtime can see eth1 before udev renames it enp0s4: only NICs with
+    udev's database entry count (where udev runs), and it looks again soon."""
+    udev = tmp_path / "udev"
+    (udev / "data").mkdir(parents=True)
+    links = Links(node_config(tmp_path, not_mesh=("mgmt*",), paths={"udev": udev}))
+
+    def seen() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        links.reconcile()
+        return links.names, links.unnamed
+
+    def named(*nics: str) -> None:
+        for nic in nics:
+            udev_named(udev, sysfs, nic)
+
+    # No udevd (no control socket): every NIC counts, as in the lab.
+    assert seen() == (("enp1s0", "enp2s0", "enp3s0"), ())
+    (udev / "control").touch()
+    assert seen() == ((), ("enp1s0", "enp2s0", "enp3s0", "mgmt0"))  # veth0: not udev's
+    assert links.next_run() == node_mod.UDEV_RETRY
+    named("enp1s0", "enp3s0", "mgmt0")
+    # The initrd's entry, or one for a rename to come, is not udev done with it.
+    udev_named(udev, sysfs, "enp2s0", link_file=False)
+    assert seen() == (("enp1s0", "enp3s0"), ("enp2s0",))
+    udev_named(udev, sysfs, "enp2s0", as_name="enp0s2")
+    assert seen() == (("enp1s0", "enp3s0"), ("enp2s0",))
+    named("enp2s0")
+    assert seen() == (("enp1s0", "enp2s0", "enp3s0"), ())
+    assert links.next_run() == links.period
+    # A NIC udev never finishes with is taken after UDEV_WAIT.
+    fake_nic(sysfs, "eth9", "52:54:00:00:00:09")
+    assert seen() == (("enp1s0", "enp2s0", "enp3s0"), ("eth9",))
+    links.first_seen["eth9"] -= node_mod.UDEV_WAIT
+    assert seen() == (("enp1s0", "enp2s0", "enp3s0", "eth9"), ())
+
+
+def udev_named(udev: Path, sysfs: Path, nic: str, link_file: bool = True,
+               as_name: str | None = None) -> None:
+    """udev's database entry for the NIC, as udevd writes it once done."""
+    index = (sysfs / "class/net" / nic / "ifindex").read_text().strip()
+    lines = ["I:94489486", "E:ID_NET_NAMING_SCHEME=v252", "E:ID_NET_DRIVER=virtio_net",
+             *(["E:ID_NET_LINK_FILE=/usr/lib/systemd/network/99-default.link"] if link_file
+               else []), f"E:ID_NET_NAME={as_name or nic}", "G:systemd"]
+    (udev / "data" / f"n{index}").write_text("\n".join(lines) + "\n")
+
+
 def test_not_mesh_nics_get_networkd_files(tmp_path: Path, sysfs: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
@@ -172,6 +218,26 @@ def test_frr_renders_the_links_with_costs_from_their_speeds(tmp_path: Path,
     (sysfs / "class/net/enp1s0/speed").unlink()
     links.reconcile()
     assert frr.desired() == conf
+
+
+def test_the_first_frr_conf_waits_for_udev_to_name_the_nics(tmp_path: Path,
+                                                            sysfs: Path) -> None:
+    """FRR starts with the first frr.conf: it waits (a bounded time) until udev has
+    named every NIC, not to be reloaded for new names at once."""
+    udev = tmp_path / "udev"
+    (udev / "data").mkdir(parents=True)
+    (udev / "control").touch()
+    cfg = node_config(tmp_path, not_mesh=("mgmt*",), paths={"udev": udev})
+    links = Links(cfg)
+    frr = Frr(cfg, links, lambda: 0)
+    links.reconcile()
+    assert frr.reconcile() is False and not cfg.paths.frr_conf.exists()
+    assert frr.next_run() == 1.0
+    for nic in ("enp1s0", "enp2s0", "enp3s0", "mgmt0"):
+        udev_named(udev, sysfs, nic)
+    links.reconcile()
+    assert frr.reconcile() is True
+    assert costs(cfg.paths.frr_conf.read_text()).keys() == {"enp1s0", "enp2s0", "enp3s0"}
 
 
 def test_frr_writes_its_file_and_reloads_a_running_frr(tmp_path: Path, sysfs: Path,

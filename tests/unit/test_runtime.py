@@ -316,6 +316,53 @@ def test_ready_once_the_named_controller_has_run(monkeypatch: pytest.MonkeyPatch
     assert said.count("READY,STATUS") == 1
 
 
+def test_ready_waits_until_the_named_controller_settles(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A `ready_after` controller that has run but not settled (frr.conf waiting for
+    udev's NIC names) holds READY=1 back; a failing one does not."""
+    said: list[str] = []
+
+    def notify(**fields: str) -> bool:
+        said.append(",".join(fields))
+        return True
+
+    monkeypatch.setattr(runtime, "notify", notify)
+
+    class Waiting(Counting):
+        name = "waiting"
+        period = 0.02
+
+        def reconcile(self) -> bool:
+            said.append(f"run {self.runs + 1}")
+            return super().reconcile()
+
+        def settled(self) -> bool:
+            return self.runs >= 3
+
+    rt = Runtime(None)
+    rt.add(Waiting())
+    threading.Timer(0.5, rt.stop, args=("TEST",)).start()
+    assert rt.run(ready_after="waiting") == "TEST"
+    assert said[:4] == ["run 1", "run 2", "run 3", "READY,STATUS"], said
+    assert said.count("READY,STATUS") == 1
+
+    class Failing(Counting):
+        name = "failing"
+
+        def reconcile(self) -> bool:
+            raise RuntimeError("no frr.conf")
+
+        def settled(self) -> bool:
+            return False
+
+    said.clear()
+    rt = Runtime(None)
+    rt.add(Failing())
+    threading.Timer(0.3, rt.stop, args=("TEST",)).start()
+    assert rt.run(ready_after="failing") == "TEST"
+    assert said.count("READY,STATUS") == 1
+
+
 @pytest.mark.parametrize(("handover", "stopping"), [(False, True), (True, False)])
 def test_stopping_is_told_unless_the_process_hands_over(monkeypatch: pytest.MonkeyPatch,
                                                         handover: bool, stopping: bool) -> None:
