@@ -48,6 +48,14 @@ STREAM = 30  # seconds of pings per trial
 SILENT_AT = 10.0  # seconds into the stream
 
 
+# Each unit's CPU seconds since boot, most first (systemd's cgroup accounting).
+CPU_BY_UNIT = ("for u in $(systemctl list-units --type=service --state=active,activating "
+               "--no-legend --plain | cut -d' ' -f1); do "
+               "n=$(systemctl show -P CPUUsageNSec $u); "
+               "case $n in ''|*[!0-9]*) ;; *) echo \"$((n / 1000000)) ms $u\";; esac; "
+               "done | sort -rn | head -15")
+
+
 def image() -> Path:
     raw = Path(os.environ.get("KUBERMESH_IMAGE", ROOT / "out")) / "kubermesh.raw"
     if not raw.is_file():
@@ -86,12 +94,17 @@ def join(args: argparse.Namespace) -> dict[str, Any]:
         # own lines since boot (monotonic seconds).
         chain = {vm.name: vm.ssh("systemd-analyze critical-chain kubermesh-agent.service "
                                  "frr.service", check=False).stdout.strip() for vm in vms}
+        # Who had the CPU on the way (a guest's CPU is the scarce thing under TCG).
+        cpu = {vm.name: vm.ssh(CPU_BY_UNIT, check=False).stdout.strip() for vm in vms}
+        blame = {vm.name: vm.ssh("systemd-analyze blame --no-pager | head -15",
+                                 check=False).stdout.strip() for vm in vms}
         journal = {vm.name: vm.ssh("journalctl -b -o short-monotonic --no-pager "
                                    "-u kubermesh-agent -u frr | head -40",
                                    check=False).stdout.strip() for vm in vms}
         return {"nodes": args.nodes, "accel": mesh.accel, "joined_s": joined,
                 "joined": summary(list(joined.values())), "ssh_wait_after_join_s": ssh,
-                "systemd_analyze": analyze, "critical_chain": chain, "journal": journal,
+                "systemd_analyze": analyze, "critical_chain": chain, "cpu_by_unit": cpu,
+                "blame": blame, "journal": journal,
                 "load": os.getloadavg()}
     finally:
         mesh.close()
