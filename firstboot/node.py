@@ -132,7 +132,7 @@ class Links(Controller):
         self.reloaded_networkd: dict[str, str] | None = None
         self.confirmed: set[str] = set()  # not-mesh NICs networkd configures from our file
         self.nudged: dict[str, float] = {}  # NIC -> when it was last reconfigured
-        self.first_seen: dict[str, float] = {}  # NIC name -> when it was first seen
+        self.first_seen: dict[str, float] = {}  # physical NIC present -> since when
 
     unnamed: tuple[str, ...] = ()  # NICs udev has not finished with yet
 
@@ -147,8 +147,8 @@ class Links(Controller):
         sysfs, udev = self.cfg.paths.sysfs, self.cfg.paths.udev
         found = hardware.nics(sysfs)
         now = time.monotonic()
-        for n in found:
-            self.first_seen.setdefault(n.name, now)
+        present = {n.name for n in found if n.physical}
+        self.first_seen = {name: self.first_seen.get(name, now) for name in present}
         # A NIC udev has not finished with is left for later (UDEV_WAIT at most): taken
         # now, it would be configured under its kernel name and again under its
         # lasting one a moment later.

@@ -34,6 +34,9 @@ RETRY_MAX = 30.0
 SETTLE = 0.02  # messages arriving this close together are one batch (a SPF run)
 BATCH_MAX = 0.2  # but a batch ends after this long: passes and watchdog pings go on
 IDLE = 30.0  # the loop wakes at least this often
+# READY=1 waits for `ready_after` to settle at most this long (well inside the
+# unit's TimeoutStartSec=5min), so that a stuck dependency never fails the start.
+READY_HOLD_MAX = 120.0
 OVERFLOW = object()  # in the message queue: the kernel dropped messages
 
 
@@ -200,16 +203,19 @@ class Runtime:
 
     ready = False
     _ready_after: str | None = None
+    _started = 0.0
 
     def _say_ready(self, line: str) -> None:
         notify(READY="1", STATUS=line)
         self.ready = True
 
     def _holds_ready(self) -> bool:
-        """The `ready_after` controller has not settled yet, and has not failed (a
-        failing one is reported, and READY=1 goes anyway: nothing waits forever)."""
+        """The `ready_after` controller has not settled yet, has not failed, and has
+        had less than READY_HOLD_MAX: a failing or stuck one (FRR's daemons never all
+        answering) is reported, and READY=1 goes anyway."""
         c = next((c for c in self.controllers if c.name == self._ready_after), None)
-        return c is not None and self.failures[c.name] == 0 and not c.settled()
+        return (c is not None and self.failures[c.name] == 0 and not c.settled()
+                and time.monotonic() - self._started < READY_HOLD_MAX)
 
     def stop_on_signals(self) -> None:
         def handler(signum: int, _: FrameType | None) -> None:
@@ -302,6 +308,7 @@ class Runtime:
         units ordered after this one need), else after the first pass."""
         ping = watchdog_interval()
         self._ready_after = ready_after
+        self._started = time.monotonic()
         try:
             while not self._stopping:
                 self.run_pass()

@@ -18,15 +18,16 @@ DRIVERS = (
     "dm_verity", "squashfs", "overlay", "ext4", "loop",
 )
 # dracut's dm module brings every device-mapper and MD RAID target; the root needs
-# dm-verity only (a netbooted node holds the initrd in RAM).
+# dm-verity only (a netbooted node holds the initrd in RAM). Names as kmod spells
+# them (underscores): dracut matches these against kmod's names.
 OMIT_DRIVERS = ("bcache", "raid456", "raid0", "raid1", "raid10", "linear", "multipath",
-                "md-mod", "dm-thin-pool", "dm-cache", "dm-cache-smq", "dm-zoned", "dm-raid",
-                "dm-mirror", "dm-log", "dm-region-hash", "dm-snapshot", "dm-persistent-data",
-                "dm-bio-prison", "dm-multipath", "raid6_pq", "async_raid6_recov", "async_pq",
-                "async_xor", "async_memcpy", "async_tx", "xor", "faulty", "md-cluster",
-                "dm-crypt", "dm-delay", "dm-era", "dm-flakey", "dm-integrity", "dm-log-userspace",
-                "dm-log-writes", "dm-queue-length", "dm-round-robin", "dm-service-time",
-                "dm-switch", "dm-unstripe", "dm-writecache", "dm-zero")
+                "md_mod", "dm_thin_pool", "dm_cache", "dm_cache_smq", "dm_zoned", "dm_raid",
+                "dm_mirror", "dm_log", "dm_region_hash", "dm_snapshot", "dm_persistent_data",
+                "dm_bio_prison", "dm_multipath", "raid6_pq", "async_raid6_recov", "async_pq",
+                "async_xor", "async_memcpy", "async_tx", "xor", "faulty", "md_cluster",
+                "dm_crypt", "dm_delay", "dm_era", "dm_flakey", "dm_integrity", "dm_log_userspace",
+                "dm_log_writes", "dm_queue_length", "dm_round_robin", "dm_service_time",
+                "dm_switch", "dm_unstripe", "dm_writecache", "dm_zero")
 INITRD = "boot/initrd-kubermesh.img"
 # zstd at its highest regular level: 11 % smaller than dracut's default (-15), and a
 # netbooted node holds the initrd in RAM; the kernel unpacks it as fast.

@@ -314,18 +314,19 @@ PRUNED_MODULES = (
     # amateur radio, DCCP, RDS, SMC, TIPC, AFS's RxRPC, Phonet, Qualcomm's IPC,
     # 6LoWPAN, parallel-port and serial IP), file systems of other systems (Amiga,
     # BeOS, HFS, HPFS, QNX, SysV, UFS, VirtualBox and 9p shares, F2FS for phones,
-    # eCryptfs), buses and machines a PC of the mesh is not (FireWire, PCMCIA,
-    # parallel port, memory sticks, 1-Wire, SoundWire, GNSS, Android, braille
-    # consoles, Xen and Hyper-V guests, USB gadget mode, joysticks, tablets and
-    # touchscreens) and KVM (a node runs containers, not VMs).
+    # eCryptfs), buses and machines a PC of the mesh is not (FireWire, parallel
+    # port, memory sticks, 1-Wire, SoundWire, GNSS, Android, braille consoles, Xen
+    # and Hyper-V guests, USB gadget mode, joysticks, tablets and touchscreens) and
+    # KVM (a node runs containers, not VMs). PCMCIA's core stays (the b44 and ssb
+    # NIC drivers need it), and so does NSH (Open vSwitch needs it).
     *(f"net/{m}" for m in ("6lowpan", "9p", "appletalk", "atm", "ax25", "dccp", "ife", "kcm",
-                           "lapb", "netrom", "nsh", "phonet", "qrtr", "rds", "rose", "rxrpc",
-                           "smc", "tipc")),
+                           "lapb", "netrom", "phonet", "qrtr", "rds", "rose", "rxrpc", "smc",
+                           "tipc")),
     *(f"fs/{m}" for m in ("9p", "adfs", "affs", "befs", "bfs", "coda", "ecryptfs", "efs",
                           "f2fs", "freevxfs", "hfs", "hfsplus", "hpfs", "minix", "omfs", "qnx4",
                           "qnx6", "romfs", "sysv", "ufs", "vboxsf", "zonefs")),
     *(f"drivers/{m}" for m in ("accessibility", "android", "atm", "firewire", "gnss", "hv",
-                               "memstick", "parport", "pcmcia", "slimbus", "soundwire", "w1",
+                               "memstick", "parport", "slimbus", "soundwire", "w1",
                                "xen", "usb/gadget", "input/joystick", "input/tablet",
                                "input/touchscreen", "net/appletalk", "net/arcnet",
                                "net/fddi", "net/hippi", "net/hyperv", "net/plip",
@@ -352,7 +353,7 @@ PRUNED_FILES = (
     # containerd's legacy v1 shims: the CRI uses io.containerd.runc.v2.
     "usr/bin/containerd-shim", "usr/bin/containerd-shim-runc-v1",
     # CNI plugins our pod network does not chain (mesh/cni.py: bridge with
-    # host-local; the kubelet adds loopback): the runtime writes the only CNI
+    # host-local; containerd's CRI runs loopback): the runtime writes the only CNI
     # configuration, so no other plugin is ever run.
     *(f"usr/lib/cni/{p}" for p in ("bandwidth", "dhcp", "firewall", "host-device", "ipvlan",
                                     "macvlan", "portmap", "ptp", "sbr", "static", "tuning",

@@ -3,6 +3,7 @@ links from a fake sysfs, FRR's configuration for them, the packet filter."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -106,6 +107,12 @@ def test_a_nic_udev_has_not_named_yet_waits(tmp_path: Path, sysfs: Path) -> None
     assert seen() == (("enp1s0", "enp2s0", "enp3s0"), ("eth9",))
     links.first_seen["eth9"] -= node_mod.UDEV_WAIT
     assert seen() == (("enp1s0", "enp2s0", "enp3s0", "eth9"), ())
+    # Only physical NICs present are remembered: a name seen again waits again.
+    shutil.rmtree(sysfs / "class/net/eth9")
+    assert seen()[0] == ("enp1s0", "enp2s0", "enp3s0") and "eth9" not in links.first_seen
+    assert "veth0" not in links.first_seen
+    fake_nic(sysfs, "eth9", "52:54:00:00:00:09")
+    assert seen() == (("enp1s0", "enp2s0", "enp3s0"), ("eth9",))
 
 
 def udev_named(udev: Path, sysfs: Path, nic: str, link_file: bool = True,

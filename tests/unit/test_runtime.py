@@ -362,6 +362,21 @@ def test_ready_waits_until_the_named_controller_settles(monkeypatch: pytest.Monk
     assert rt.run(ready_after="failing") == "TEST"
     assert said.count("READY,STATUS") == 1
 
+    class Stuck(Counting):  # runs fine, never settles (FRR's daemons never all answer)
+        name = "stuck"
+        period = 0.02
+
+        def settled(self) -> bool:
+            return False
+
+    said.clear()
+    monkeypatch.setattr(runtime, "READY_HOLD_MAX", 0.2)
+    rt = Runtime(None)
+    rt.add(Stuck())
+    threading.Timer(0.5, rt.stop, args=("TEST",)).start()
+    assert rt.run(ready_after="stuck") == "TEST"
+    assert said.count("READY,STATUS") == 1
+
 
 @pytest.mark.parametrize(("handover", "stopping"), [(False, True), (True, False)])
 def test_stopping_is_told_unless_the_process_hands_over(monkeypatch: pytest.MonkeyPatch,

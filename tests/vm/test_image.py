@@ -160,8 +160,8 @@ def test_bfd_runs_ahead_of_workloads(host: Any) -> None:
 
     assert policy("bfdd") == os.SCHED_RR
     assert policy("zebra") == policy("ospf6d") == os.SCHED_OTHER
-    # The runtime and FRR weigh five times a workload's share when the CPU is short;
-    # the kernel's cgroup says so, not only the unit file.
+    # The runtime and FRR weigh five times another service's share when the CPU is
+    # short; the kernel's cgroup says so, not only the unit file.
     for unit in ("kubermesh-agent", "frr"):
         cgroup = host.check_output("systemctl show -P ControlGroup %s.service", unit)
         assert host.file(f"/sys/fs/cgroup{cgroup}/cpu.weight").content_string.strip() == \
