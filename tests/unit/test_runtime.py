@@ -285,9 +285,8 @@ def test_lost_netlink_messages_make_every_controller_read_again() -> None:
     assert c.runs == 2
 
 
-def test_ready_once_the_named_controller_has_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """READY=1 as soon as `ready_after` has run (frr.service needs only frr.conf),
-    not after the whole first pass."""
+def notified(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the runtime tells systemd, field names per message (notify recorded)."""
     said: list[str] = []
 
     def notify(**fields: str) -> bool:
@@ -295,6 +294,13 @@ def test_ready_once_the_named_controller_has_run(monkeypatch: pytest.MonkeyPatch
         return True
 
     monkeypatch.setattr(runtime, "notify", notify)
+    return said
+
+
+def test_ready_once_the_named_controller_has_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY=1 as soon as `ready_after` has run (frr.service needs only frr.conf),
+    not after the whole first pass."""
+    said = notified(monkeypatch)
 
     class Recording(Counting):
         def reconcile(self) -> bool:
@@ -320,13 +326,7 @@ def test_ready_waits_until_the_named_controller_settles(monkeypatch: pytest.Monk
                                                          ) -> None:
     """A `ready_after` controller that has run but not settled (frr.conf waiting for
     udev's NIC names) holds READY=1 back; a failing one does not."""
-    said: list[str] = []
-
-    def notify(**fields: str) -> bool:
-        said.append(",".join(fields))
-        return True
-
-    monkeypatch.setattr(runtime, "notify", notify)
+    said = notified(monkeypatch)
 
     class Waiting(Counting):
         name = "waiting"
@@ -384,13 +384,7 @@ def test_stopping_is_told_unless_the_process_hands_over(monkeypatch: pytest.Monk
     """A runtime that ends to exec its successor (join mode, then the full runtime with
     the site) must not tell systemd STOPPING=1: systemd would start the stop timeout
     and kill the successor 90 s later."""
-    said: list[str] = []
-
-    def notify(**fields: str) -> bool:
-        said.append(",".join(fields))
-        return True
-
-    monkeypatch.setattr(runtime, "notify", notify)
+    said = notified(monkeypatch)
     rt = Runtime(None)
     rt.add(Counting())
     threading.Timer(0.2, rt.stop, args=("joined", handover)).start()
